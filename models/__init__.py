@@ -1,0 +1,61 @@
+"""Networks. Models know nothing of files: weights arrive as state dicts (see ``load_weights``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.superpoint import SuperPointNet
+from models.superpoint_bn import SuperPointNet_gauss2
+
+MODELS = {"SuperPointNet": SuperPointNet, "SuperPointNet_gauss2": SuperPointNet_gauss2}
+
+
+def build_model(model_config: dict) -> torch.nn.Module:
+    """Build the network named by ``model.name`` with ``model.params`` as keyword arguments."""
+    name = model_config.get("name")
+    if name not in MODELS:
+        raise ValueError(f"model.name: unknown model {name!r} (expected one of {', '.join(MODELS)})")
+    params = dict(model_config.get("params") or {})
+    try:
+        return MODELS[name](**params)
+    except TypeError as e:
+        raise ValueError(f"model.params: {e}") from None
+
+
+def extract_state_dict(obj) -> dict:
+    """A bare state dict, or the ``model_state_dict`` of a checkpoint dict; DDP's ``module.``
+    prefixes are removed."""
+    if isinstance(obj, dict) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError("expected a state dict or a checkpoint dict with 'model_state_dict'")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
+                 weights_only: bool = True) -> dict:
+    """Load weights from ``path`` into ``model`` (on the model's device).
+
+    Accepts a bare state dict or a checkpoint dict. ``weights_only=False`` allows pickled
+    Python objects (only for files you trust). Returns the loaded file's object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pretrained weights not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - turn any unpickling failure into one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot load weights ({first}); if you trust this file, "
+                         f"set weights_only: false") from None
+    try:
+        state = extract_state_dict(obj)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__}: "
+                         f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+                         f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}")
+    return obj

@@ -1,0 +1,39 @@
+"""Shared test fixtures: repo on sys.path, isolated data/experiment folders, the shared sample data."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def shared_data_dir() -> Path | None:
+    """The real-data sample folder: $SUPERPOINT_SHARED_DATA, else ../shared/data beside the repo."""
+    env = os.environ.get("SUPERPOINT_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    for c in candidates:
+        if (c / "README.md").is_file():
+            return c
+    return None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("the shared sample data folder (../shared/data) is not present")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def isolated_paths(tmp_path, monkeypatch):
+    """Every test writes datasets, logs and TensorBoard runs under its own temporary folder."""
+    monkeypatch.setenv("SUPERPOINT_DATA_DIR", str(tmp_path / "datasets"))
+    monkeypatch.setenv("SUPERPOINT_EXPER_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("SUPERPOINT_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(REPO)
+    yield

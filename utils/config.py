@@ -1,0 +1,198 @@
+"""Strict YAML configuration: a user file merged over documented defaults.
+
+The defaults are the YAML fragments in ``configs/defaults/`` (each key documented there). They
+are deep-merged into one tree; a user config and ``--set`` overrides are then merged over it
+with these rules:
+
+* a key that does not exist in the defaults is an error naming the key and the file;
+* a value whose type differs from the default's is an error (an int is accepted for a float;
+  ``null`` is accepted only where the default is ``null``, which means "any value");
+* a default that is an empty mapping (``{}``) is free-form: any keys are accepted below it;
+* lists are replaced, never merged.
+
+Errors are :class:`ConfigError` with a one-line message; the CLIs print it and exit 2.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+DEFAULTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "defaults"
+
+# Keys of the reference implementation's configs that this project spells differently.
+RENAMED_KEYS = {
+    "model.pretrained": "pretrained (top level)",
+    "data.name": "data.dataset",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line."""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
+    """Return ``value`` checked (and, for int -> float, converted) against ``default``'s type."""
+    if default is None:
+        return copy.deepcopy(value)
+    want, got = _type_name(default), _type_name(value)
+    if want == "float" and got == "int":
+        return float(value)
+    if want == "list" and got == "list":
+        value = list(value)
+        if default:  # check element types against the default's first element
+            elem = default[0]
+            out = []
+            for i, v in enumerate(value):
+                out.append(_coerce(elem, v, f"{key}[{i}]", source) if not isinstance(elem, (dict, list)) else v)
+            return out
+        return copy.deepcopy(value)
+    if want != got:
+        raise ConfigError(f"{source}: key '{key}' must be {want} (default {default!r}), got {got} {value!r}")
+    return copy.deepcopy(value)
+
+
+def merge_strict(base: dict, update: dict, source: str, prefix: str = "") -> dict:
+    """Merge ``update`` over ``base`` (both nested dicts), returning a new dict.
+
+    ``base`` is the defaults tree; any key of ``update`` absent from it is an error.
+    """
+    if not isinstance(update, dict):
+        where = f"'{prefix[:-1]}'" if prefix else "the top level"
+        raise ConfigError(f"{source}: {where} must be a mapping, got {_type_name(update)} {update!r}")
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: key {key!r} under '{prefix[:-1] or 'top level'}' must be a string")
+        if key not in base:
+            hint = f"; use '{RENAMED_KEYS[full]}' instead" if full in RENAMED_KEYS else ""
+            known = ", ".join(sorted(base)) or "none"
+            raise ConfigError(f"{source}: unknown key '{full}'{hint} (known keys here: {known})")
+        default = base[key]
+        if isinstance(default, dict):
+            if value is None:  # an empty section in YAML ("augmentation:") keeps the defaults
+                continue
+            if not default:  # free-form mapping
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: key '{full}' must be a mapping, got {_type_name(value)} {value!r}")
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = merge_strict(default, value, source, f"{full}.")
+        else:
+            out[key] = _coerce(default, value, full, source)
+    return out
+
+
+def _deep_union(a: dict, b: dict, source: str, prefix: str = "") -> dict:
+    """Union of two defaults fragments; a leaf defined in both is an error."""
+    out = dict(a)
+    for key, value in b.items():
+        full = f"{prefix}{key}"
+        if key in out:
+            if isinstance(out[key], dict) and isinstance(value, dict) and out[key] and value:
+                out[key] = _deep_union(out[key], value, source, f"{full}.")
+                continue
+            raise ConfigError(f"{source}: default '{full}' is defined in two fragments of {DEFAULTS_DIR}")
+        out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read one YAML file as a mapping, with a one-line error on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {_type_name(data)}")
+    return data
+
+
+def load_defaults(defaults_dir: str | Path = DEFAULTS_DIR) -> dict:
+    """All fragments of the defaults directory, deep-merged."""
+    tree: dict = {}
+    files = sorted(Path(defaults_dir).glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"{defaults_dir}: no default config fragments found")
+    for f in files:
+        tree = _deep_union(tree, read_yaml(f), str(f))
+    return tree
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set model.learning_rate=0.001")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(keys: list[str], value: Any) -> dict:
+    out: Any = value
+    for k in reversed(keys):
+        out = {k: out}
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults: dict | None = None) -> dict:
+    """Defaults, then the YAML file at ``path`` (if any), then each ``KEY=VALUE`` override."""
+    config = copy.deepcopy(defaults) if defaults is not None else load_defaults()
+    if path is not None:
+        config = merge_strict(config, read_yaml(path), str(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        config = merge_strict(config, _nest(keys, value), f"--set {text}")
+    return config
+
+
+def get(config: dict, dotted: str, default: Any = None) -> Any:
+    """Read ``config['a']['b']`` as ``get(config, 'a.b')``."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def dump_config(config: dict, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
