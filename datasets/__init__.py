@@ -1,0 +1,57 @@
+"""Datasets: files -> tensors. They know nothing of models or losses.
+
+Every dataset class takes ``(config, split)`` -- the whole resolved config and one of
+``train`` / ``val`` / ``test`` -- and its items are dicts of CPU tensors:
+
+* ``image``      ``1 x H x W`` float32 gray in [0, 1] (already resized to the config's size)
+* ``keypoints``  ``N x 2`` float32 (x, y) labels, when the dataset has them
+* ``seg``        ``H x W`` int64 class ids, when the dataset has segmentation labels
+* ``name``       a string naming the item (used for export file names)
+
+Batches are put together by :func:`datasets.collate.collate`; augmentation and image pairs are
+made on the batch, on the training device (``datasets.augmentation``, ``datasets.pairs``).
+"""
+from __future__ import annotations
+
+import importlib
+
+# dataset name (and the reference implementation's spellings) -> "module:Class"
+DATASETS = {
+    "synthetic_shapes": "datasets.synthetic_shapes:SyntheticShapes",
+    "coco": "datasets.coco:Coco",
+    "kitti": "datasets.kitti:Kitti",
+    "image_folder": "datasets.image_folder:ImageFolder",
+    "hpatches": "datasets.hpatches:HPatches",
+    "cityscapes": "datasets.cityscapes:Cityscapes",
+    "coco_panoptic": "datasets.coco_panoptic:CocoPanoptic",
+}
+ALIASES = {
+    "SyntheticDataset_gaussian": "synthetic_shapes",
+    "SyntheticDataset": "synthetic_shapes",
+    "Coco": "coco",
+    "Kitti_inh": "kitti",
+    "Kitti": "kitti",
+    "patches_dataset": "hpatches",
+    "Cityscapes": "cityscapes",
+}
+
+
+def dataset_class(name: str):
+    key = ALIASES.get(name, name)
+    if key not in DATASETS:
+        raise ValueError(f"data.dataset: unknown dataset {name!r} (expected one of {', '.join(DATASETS)})")
+    module, cls = DATASETS[key].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise NotImplementedError(f"data.dataset: {key!r} is not implemented yet ({module} is missing)") from None
+        raise
+    return getattr(mod, cls)
+
+
+def get_dataset(config: dict, split: str):
+    """The dataset named by ``config['data']['dataset']`` for ``split`` (train | val | test)."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    return dataset_class(config["data"]["dataset"])(config, split)
