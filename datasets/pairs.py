@@ -1,0 +1,96 @@
+"""From a collated batch to what the losses need: augmented images, label maps, valid masks and,
+for joint training, a homography-warped copy of each image ("pairs").
+
+Runs on the training device, batched. Keypoints come in as padded ``B x N x 2`` with a mask
+(see ``datasets.collate``) and leave as label maps ``B x 1 x H x W``.
+"""
+from __future__ import annotations
+
+import torch
+
+from datasets.augmentation import Randomness, photometric_augmentation, random_warp
+from utils.geometry import sample_homography, warp_image, warp_points, warped_valid_mask
+from utils.keypoints import gaussian_label_map, keypoints_to_map
+
+
+def _enabled(section: dict, training: bool) -> bool:
+    if not section.get("enable", False):
+        return False
+    return bool(section.get("enable_train", True) if training else section.get("enable_val", False))
+
+
+def _labels(points, mask, size, data_cfg) -> dict:
+    label_map = keypoints_to_map(points, size, mask)
+    out = {"label_map": label_map}
+    g = data_cfg.get("gaussian_label") or {}
+    if g.get("enable", False):
+        out["label_heat"] = gaussian_label_map(label_map, float(g.get("sigma", 0.2)))
+    return out
+
+
+def _warp_seg(seg: torch.Tensor, H: torch.Tensor, size, valid: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    warped = warp_image(seg.unsqueeze(1).float(), H, size, mode="nearest").squeeze(1).round().long()
+    return torch.where(valid[:, 0] > 0.5, warped, torch.full_like(warped, ignore_index))
+
+
+def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
+                  device: torch.device, photometric: bool | None = None) -> dict:
+    """Augment a collated batch and build labels (and the warped pair if configured).
+
+    Args:
+        batch: collated items (``image`` B x 1 x H x W, optional ``keypoints``/``keypoint_mask``,
+            optional ``seg`` B x H x W).
+        data_cfg: the ``data`` config section.
+        training: use the ``enable_train`` switches (else ``enable_val``).
+        photometric: force photometric augmentation on/off (None = from the config).
+    Returns:
+        ``image``, ``valid_mask``, ``label_map`` [, ``label_heat``] [, ``seg``] and, with
+        ``warped_pair.enable``, the same keys prefixed ``warped_`` plus ``homography``
+        (``B x 3 x 3``, image -> warped_image).
+    """
+    image = batch["image"].to(device, non_blocking=True).float()
+    B, _, H, W = image.shape
+    size = (H, W)
+    pts = batch.get("keypoints")
+    kmask = batch.get("keypoint_mask")
+    if pts is None:
+        pts = torch.zeros(B, 0, 2)
+        kmask = torch.zeros(B, 0, dtype=torch.bool)
+    pts, kmask = pts.to(device), kmask.to(device)
+    seg = batch.get("seg")
+    seg = seg.to(device) if seg is not None else None
+    ignore_index = int(((data_cfg.get("segmentation") or {}).get("ignore_index", 255)))
+    valid = torch.ones(B, 1, H, W, device=device)
+
+    aug = (data_cfg.get("augmentation") or {})
+    hom = aug.get("homographic") or {}
+    if _enabled(hom, training):
+        image, pts, valid, Hs = random_warp(image, pts, valid, hom["params"],
+                                            int(hom.get("valid_border_margin", 0)), rng)
+        if seg is not None:
+            seg = _warp_seg(seg, Hs, size, valid, ignore_index)
+
+    out = {"image": image, "valid_mask": valid, **_labels(pts, kmask, size, data_cfg)}
+    if seg is not None:
+        out["seg"] = seg
+
+    pair = data_cfg.get("warped_pair") or {}
+    if pair.get("enable", False):
+        Hp = sample_homography(B, size, pair["params"], generator=rng.cpu).to(device)
+        warped = warp_image(image, Hp, size)
+        wvalid = warped_valid_mask(Hp, size, size, border=int(pair.get("valid_border_margin", 0)))
+        if not bool((valid > 0.5).all()):
+            wvalid = wvalid * (warp_image(valid, Hp, size, mode="nearest") > 0.5).float()
+        wpts = warp_points(pts.double(), Hp.double()).float() if pts.shape[1] else pts
+        out.update({"warped_image": warped, "warped_valid_mask": wvalid, "homography": Hp})
+        out.update({f"warped_{k}": v for k, v in _labels(wpts, kmask, size, data_cfg).items()})
+        if seg is not None:
+            out["warped_seg"] = _warp_seg(seg, Hp, size, wvalid, ignore_index)
+
+    photo = aug.get("photometric") or {}
+    use_photo = _enabled(photo, training) if photometric is None else photometric
+    if use_photo:
+        out["image"] = photometric_augmentation(out["image"], photo, rng)
+        if "warped_image" in out:
+            out["warped_image"] = photometric_augmentation(out["warped_image"], photo, rng)
+    return out

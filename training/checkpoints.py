@@ -1,0 +1,70 @@
+"""Checkpoints: ``<exp>/checkpoints/superPointNet_<iter>_checkpoint.pth.tar``, written atomically.
+
+A checkpoint is a dict ``{model_state_dict, optimizer_state_dict, n_iter, loss, config}`` (plus
+``scaler_state_dict`` under fp16), the layout of the reference implementation, so its tools and
+ours read each other's files.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from utils.io import atomic_torch_save
+
+_NAME = re.compile(r"^superPointNet_(\d+)_checkpoint\.pth\.tar$")
+
+
+def checkpoint_path(folder: str | Path, n_iter: int) -> Path:
+    return Path(folder) / f"superPointNet_{n_iter}_checkpoint.pth.tar"
+
+
+def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """(iteration, path) of every checkpoint in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    ckpts = list_checkpoints(folder)
+    return ckpts[-1][1] if ckpts else None
+
+
+def save_checkpoint(folder: str | Path, n_iter: int, model: torch.nn.Module, optimizer=None,
+                    loss: float | None = None, config: dict | None = None, keep: int = 0,
+                    extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically; with ``keep > 0`` delete all but the newest ``keep``."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    obj = {"model_state_dict": state, "n_iter": int(n_iter),
+           "loss": None if loss is None else float(loss), "config": config}
+    if optimizer is not None:
+        obj["optimizer_state_dict"] = optimizer.state_dict()
+    if extra:
+        obj.update(extra)
+    path = checkpoint_path(folder, n_iter)
+    atomic_torch_save(obj, path)
+    if keep > 0:
+        for _, old in list_checkpoints(folder)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict:
+    """Read a checkpoint dict (on the CPU); one-line error if the file is unusable."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: unreadable checkpoint ({first})") from None
+    if not isinstance(obj, dict) or "model_state_dict" not in obj:
+        raise ValueError(f"{path}: not a training checkpoint (no 'model_state_dict')")
+    return obj

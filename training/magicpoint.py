@@ -1,0 +1,103 @@
+"""MagicPoint (``train_base``): the detector alone, on labelled images (Synthetic Shapes).
+
+Loss: 65-way cell cross entropy on the (augmented) image, and on its warped copy when
+``data.warped_pair.enable`` is set. Validation: precision / recall / mAP of the detections
+(``evaluations.keypoint_detection``) against the labels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from datasets import get_dataset
+from datasets.augmentation import Randomness
+from datasets.pairs import prepare_batch
+from evaluations.keypoint_detection import DetectionAccumulator
+from training.losses import detector_loss
+from utils.keypoints import extract_keypoints, semi_to_heatmap
+
+# detections down to this score enter the precision-recall curve (mAP)
+MAP_MIN_SCORE = 1e-4
+
+
+def label_points(label_map: torch.Tensor) -> list[np.ndarray]:
+    """``B x 1 x H x W`` binary map -> per image ``N x 2`` (x, y) arrays."""
+    out = []
+    for m in label_map[:, 0].cpu():
+        ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
+        out.append(torch.stack([xs, ys], dim=1).float().numpy())
+    return out
+
+
+def keypoint_overlay(image: torch.Tensor, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Gray image ``H x W`` in [0,1] -> ``H x W x 3`` uint8 with ground truth (red) and detections (green)."""
+    import cv2
+
+    g = (image.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+    rgb = np.ascontiguousarray(np.stack([g] * 3, axis=-1))
+    for (x, y) in np.round(gt).astype(int):
+        cv2.circle(rgb, (int(x), int(y)), 2, (255, 0, 0), -1)
+    for (x, y) in np.round(pred).astype(int):
+        cv2.circle(rgb, (int(x), int(y)), 1, (0, 255, 0), -1)
+    return rgb
+
+
+class DetectorTask:
+    """Shared by MagicPoint and SuperPoint: data, detector loss, detector validation."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.data_cfg = config["data"]
+        self.model_cfg = config["model"]
+
+    def datasets(self):
+        return get_dataset(self.config, "train"), get_dataset(self.config, "val")
+
+    def prepare(self, batch: dict, training: bool, rng: Randomness, device: torch.device) -> dict:
+        return prepare_batch(batch, self.data_cfg, training, rng, device)
+
+    def _label(self, prepared: dict, prefix: str = "") -> torch.Tensor:
+        return prepared.get(f"{prefix}label_heat", prepared[f"{prefix}label_map"])
+
+    def detector_losses(self, model, prepared: dict) -> tuple[torch.Tensor, dict, dict]:
+        out = model(prepared["image"])
+        loss = detector_loss(out["semi"], self._label(prepared), prepared["valid_mask"])
+        logs = {"loss_det": loss.detach()}
+        outs = {"": out}
+        if "warped_image" in prepared:
+            wout = model(prepared["warped_image"])
+            wloss = detector_loss(wout["semi"], self._label(prepared, "warped_"), prepared["warped_valid_mask"])
+            logs["loss_det_warp"] = wloss.detach()
+            loss = loss + wloss
+            outs["warped_"] = wout
+        return loss, logs, outs
+
+    def loss(self, model, prepared: dict):
+        loss, logs, _ = self.detector_losses(model, prepared)
+        return loss, logs
+
+    def detect(self, model, images: torch.Tensor, min_score: float):
+        heat = semi_to_heatmap(model(images)["semi"])
+        return extract_keypoints(heat, min_score, int(self.model_cfg["nms"]),
+                                 int(self.model_cfg.get("remove_borders", 0)))
+
+    def validate(self, model, batches, device: torch.device) -> dict:
+        acc = DetectionAccumulator(distance=2.0)
+        rng = Randomness.from_seed(0, device)
+        for batch in batches:
+            prepared = self.prepare(batch, False, rng, device)
+            kp = self.detect(model, prepared["image"], MAP_MIN_SCORE)
+            for gt, pts in zip(label_points(prepared["label_map"]), kp.to_list()):
+                pts = pts.float().cpu().numpy()
+                acc.add(pts[:, :2], pts[:, 2], gt)
+        res = acc.result(float(self.model_cfg["detection_threshold"]))
+        return {k: float(v) for k, v in res.items() if k in ("precision", "recall", "mAP")}
+
+    def show(self, model, prepared: dict) -> dict:
+        kp = self.detect(model, prepared["image"][:1], float(self.model_cfg["detection_threshold"]))
+        pred = kp.to_list()[0][:, :2].float().cpu().numpy()
+        gt = label_points(prepared["label_map"][:1])[0]
+        return {"keypoints": keypoint_overlay(prepared["image"][0, 0], gt, pred)}
+
+
+MagicPointTask = DetectorTask

@@ -1,0 +1,307 @@
+"""The training loop shared by every training task.
+
+Iteration based: ``train_iter`` steps of Adam over an infinite, resumable batch order. Writes
+``<EXPER_PATH>/<name>/config.yml``, checkpoints in ``<EXPER_PATH>/<name>/checkpoints/`` (every
+``save_interval`` steps, at the end, and on Ctrl-C / SIGTERM) and TensorBoard events in
+``<RUNS_PATH>/<name>/``. A run resumes from its latest checkpoint; every random draw of step
+``i`` is seeded by (seed, i), so a resumed run continues the same loss curve.
+
+A task object supplies the data and the loss (see :class:`TrainTask`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import settings
+from datasets.augmentation import Randomness
+from datasets.collate import collate
+from models import build_model, extract_state_dict, load_weights
+from training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.sampler import ResumableBatchSampler
+from utils.cli import UserError, autocast_dtype, resolve_device
+from utils.config import dump_config
+
+
+class TrainTask(Protocol):
+    """What a training task provides to :class:`Trainer`."""
+
+    def datasets(self) -> tuple:  # (train dataset, val dataset or None)
+        ...
+
+    def prepare(self, batch: dict, training: bool, rng: Randomness, device: torch.device) -> dict:
+        ...
+
+    def loss(self, model: torch.nn.Module, prepared: dict) -> tuple[torch.Tensor, dict]:
+        ...
+
+    def validate(self, model: torch.nn.Module, batches, device: torch.device) -> dict:
+        ...
+
+    def show(self, model: torch.nn.Module, prepared: dict) -> dict:  # name -> H x W x 3 uint8
+        ...
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the run stops, its last good checkpoint stays."""
+
+
+def step_seed(seed: int, n_iter: int, rank: int = 0) -> int:
+    """The seed of every random draw made at step ``n_iter`` on ``rank``."""
+    return ((seed * 1_000_003 + n_iter) * 64 + rank) % (2 ** 63)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C is handled by the main process, which saves a checkpoint before leaving.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second SIGINT aborts."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\nstopping after this step ({signal.Signals(signum).name}); "
+              f"a checkpoint will be saved (press Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    def __init__(self, config: dict, name: str, task: TrainTask, do_eval: bool = False, debug: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.config = config
+        self.name = name
+        self.task = task
+        self.do_eval = do_eval
+        self.debug = debug
+        self.rank = rank
+        self.world_size = world_size
+        self.is_main = rank == 0
+        self.device = resolve_device(config.get("device", "auto"))
+        self.amp_dtype = autocast_dtype(config.get("precision", "auto"), self.device)
+        self.exp_dir = settings.exper_path() / name
+        self.ckpt_dir = self.exp_dir / "checkpoints"
+        self.runs_dir = settings.runs_path() / name
+        self.writer = None
+
+    # ------------------------------------------------------------------ setup
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _build(self):
+        mcfg = self.config["model"]
+        # channels-last weights: measurably faster convolutions on CPU (oneDNN) and tensor cores
+        self.model = build_model(mcfg).to(self.device).to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(mcfg["learning_rate"]),
+                                          betas=(0.9, 0.999), weight_decay=float(mcfg.get("weight_decay", 0.0)))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.n_iter = 0
+        weights_only = bool(self.config.get("weights_only", True))
+        resume = latest_checkpoint(self.ckpt_dir)
+        if resume is not None:
+            ck = load_checkpoint(resume, weights_only=weights_only)
+            self.model.load_state_dict(extract_state_dict(ck))
+            if "optimizer_state_dict" in ck:
+                self.optimizer.load_state_dict(ck["optimizer_state_dict"])
+            if self.scaler is not None and "scaler_state_dict" in ck:
+                self.scaler.load_state_dict(ck["scaler_state_dict"])
+            self.n_iter = int(ck.get("n_iter", 0))
+            self._log(f"resuming from {resume} (iteration {self.n_iter})")
+        elif self.config.get("pretrained"):
+            path = Path(self.config["pretrained"])
+            obj = load_weights(self.model, path, strict=False, weights_only=weights_only)
+            self._report_partial_load(path, obj)
+            if not self.config.get("reset_iter", True) and isinstance(obj, dict) and "n_iter" in obj:
+                self.n_iter = int(obj["n_iter"])
+                if "optimizer_state_dict" in obj:
+                    self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+            self._log(f"initialised from {path} (starting at iteration {self.n_iter})")
+
+    def _report_partial_load(self, path: Path, obj) -> None:
+        state = extract_state_dict(obj)
+        own = self.model.state_dict()
+        used = [k for k in state if k in own and own[k].shape == state[k].shape]
+        if not used:
+            raise UserError(f"{path}: no weight fits model {self.config['model']['name']}")
+        missing = [k for k in own if k not in state]
+        if missing:
+            self._log(f"note: {len(missing)} tensors not in {path.name} keep their initial values "
+                      f"(e.g. {missing[0]})")
+
+    def _loaders(self):
+        train_set, val_set = self.task.datasets()
+        mcfg = self.config["model"]
+        workers = int(self.config.get("num_workers", 0))
+        common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
+                      worker_init_fn=_ignore_sigint if workers else None, persistent_workers=workers > 0)
+        sampler = ResumableBatchSampler(len(train_set), int(mcfg["batch_size"]), seed=int(self.config["seed"]),
+                                        start_iter=self.n_iter, rank=self.rank, world_size=self.world_size)
+        self.train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
+        self.val_set = val_set
+        self.val_loader = None
+        if val_set is not None and self.do_eval:
+            self.val_loader = DataLoader(val_set, batch_size=int(mcfg["eval_batch_size"]), shuffle=False,
+                                         collate_fn=collate, num_workers=0)
+
+    def _log(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(msg)
+
+    # ------------------------------------------------------------------ actions
+    def save(self, loss: float | None = None) -> Path | None:
+        if not self.is_main:
+            return None
+        extra = {"scaler_state_dict": self.scaler.state_dict()} if self.scaler is not None else None
+        return save_checkpoint(self.ckpt_dir, self.n_iter, self.model, self.optimizer, loss, self.config,
+                               keep=int(self.config.get("keep_checkpoints", 0)), extra=extra)
+
+    def validate(self) -> dict:
+        if self.val_loader is None:
+            return {}
+        n = int(self.config.get("validation_size", 0))
+        batches = (b for i, b in enumerate(self.val_loader) if n <= 0 or i < n)
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                metrics = self.task.validate(self.model, batches, self.device)
+        finally:
+            self.model.train()
+        return metrics
+
+    def _tb_scalars(self, prefix: str, values: dict) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                self.writer.add_scalar(f"{prefix}/{k}", float(v), self.n_iter)
+
+    def _tb_images(self, prepared: dict) -> None:
+        if self.writer is None:
+            return
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                images = self.task.show(self.model, prepared)
+        finally:
+            self.model.train()
+        for k, img in images.items():
+            self.writer.add_image(f"train/{k}", img, self.n_iter, dataformats="HWC")
+
+    def train(self) -> dict:
+        """Run (or resume) training until ``train_iter``; returns the last validation metrics."""
+        cfg = self.config
+        torch.manual_seed(int(cfg["seed"]))
+        self._build()
+        total = int(cfg["train_iter"])
+        if self.is_main:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.exp_dir / "config.yml")
+        if self.n_iter >= total:
+            self._log(f"nothing to do: {self.name} is already at iteration {self.n_iter} >= train_iter {total}")
+            return self.validate() if self.do_eval else {}
+        self._loaders()
+        if self.is_main:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(logdir=str(self.runs_dir))
+            self._log(f"training {self.name} on {self.device} "
+                      f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
+                      f"iterations {self.n_iter} -> {total}; logs in {self.exp_dir}, TensorBoard in {self.runs_dir}")
+        self.model.train()
+        last_metrics: dict = {}
+        last_loss = None
+        t0, seen = time.perf_counter(), 0
+        bar = tqdm(total=total, initial=self.n_iter, desc=self.name, disable=not self.is_main, dynamic_ncols=True)
+        seed = int(cfg["seed"])
+        clip = float(cfg["model"].get("grad_clip", 0.0))
+        with _StopFlag() as stop:
+            for batch in self.train_loader:
+                rng = Randomness.from_seed(step_seed(seed, self.n_iter, self.rank), self.device)
+                prepared = self.task.prepare(batch, True, rng, self.device)
+                with self._autocast():
+                    loss, logs = self.task.loss(self.model, prepared)
+                if not torch.isfinite(loss):
+                    good = latest_checkpoint(self.ckpt_dir)
+                    raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration {self.n_iter}; "
+                                        f"stopping. The last good checkpoint is "
+                                        f"{good if good else '(none yet)'}")
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    if clip > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    loss.backward()
+                    if clip > 0:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                    self.optimizer.step()
+                self.n_iter += 1
+                seen += prepared["image"].shape[0]
+                last_loss = float(loss.detach())
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+
+                it = self.n_iter
+                if it % int(cfg["tensorboard_interval"]) == 0 or self.debug:
+                    dt = time.perf_counter() - t0
+                    logs = {k: float(v) for k, v in logs.items()}
+                    logs["loss"] = last_loss
+                    logs["images_per_s"] = seen / dt if dt > 0 else 0.0
+                    self._tb_scalars("train", logs)
+                    t0, seen = time.perf_counter(), 0
+                if it % int(cfg["train_show_interval"]) == 0:
+                    self._tb_images(prepared)
+                if self.do_eval and it % int(cfg["validation_interval"]) == 0:
+                    last_metrics = self.validate()
+                    self._tb_scalars("val", last_metrics)
+                    self._log(f"[{self.name} {it}] val " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
+                if it % int(cfg["save_interval"]) == 0:
+                    self.save(last_loss)
+                if stop.signal is not None or it >= total:
+                    break
+        bar.close()
+        path = self.save(last_loss)
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        if stop.signal is not None:
+            self._log(f"stopped at iteration {self.n_iter}; checkpoint {path}. Re-run the same command to resume.")
+            raise KeyboardInterrupt
+        if self.do_eval and self.n_iter % int(cfg["validation_interval"]) != 0:
+            last_metrics = self.validate()
+            self._log(f"[{self.name} {self.n_iter}] val " + "  ".join(
+                f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
+        self._log(f"done: {self.name} at iteration {self.n_iter}; checkpoint {path}")
+        return last_metrics
