@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from models.heads import build_segmentation_head
 from models.superpoint import SuperPointNet
 from models.superpoint_bn import SuperPointNet_gauss2
 
@@ -12,11 +13,21 @@ MODELS = {"SuperPointNet": SuperPointNet, "SuperPointNet_gauss2": SuperPointNet_
 
 
 def build_model(model_config: dict) -> torch.nn.Module:
-    """Build the network named by ``model.name`` with ``model.params`` as keyword arguments."""
+    """Build the network named by ``model.name`` with ``model.params`` as keyword arguments.
+
+    With ``model.segmentation_head.enable: true`` an ASPP head (``models.heads``) is attached as
+    ``seg_head`` (SuperPointNet_gauss2 only); otherwise the state_dict is the plain network's.
+    """
     name = model_config.get("name")
     if name not in MODELS:
         raise ValueError(f"model.name: unknown model {name!r} (expected one of {', '.join(MODELS)})")
     params = dict(model_config.get("params") or {})
+    head_config = model_config.get("segmentation_head") or {}
+    if head_config.get("enable", False):
+        if name != "SuperPointNet_gauss2":
+            raise ValueError(f"model.segmentation_head.enable: {name} has no segmentation head; "
+                             f"use model.name: SuperPointNet_gauss2")
+        params["seg_head"] = build_segmentation_head(head_config)
     try:
         return MODELS[name](**params)
     except TypeError as e:
