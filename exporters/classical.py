@@ -1,0 +1,125 @@
+"""``export_classical.py export_descriptor``: SIFT or ORB (OpenCV) on the same image pairs.
+
+Writes the same ``predictions/<i>.npz`` as the network export (:mod:`exporters.predictions`):
+``prob`` rows are (x, y, keypoint response), strongest first; ``desc`` is float32 -- SIFT's 128
+values (L2-normalised with ``classical.normalize``), ORB's 256 bits as 0/1 (so that the squared
+L2 distance between two rows is their Hamming distance). OpenCV may return the same position
+twice with different orientations (and so different descriptors); both rows are kept.
+
+With ``--correspondence`` each file also gets the mutual nearest-neighbour matches of the two
+descriptor sets (brute force, L2 for SIFT, Hamming for ORB), sorted by distance:
+``matches`` (M x 4 float32: x, y in image, x, y in warped_image), ``match_indices`` (M x 2
+int64 rows of prob / warped_prob) and ``match_distance`` (M float32).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from utils.cli import UserError
+
+from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
+                                   prepare_output_dirs, save_prediction, save_preview)
+
+METHODS = ("sift", "orb")
+ALL_KEYPOINTS = 1_000_000  # OpenCV's ORB needs a positive budget; "all" in practice
+
+
+class ClassicalFeatures:
+    """Detect and describe with OpenCV; ``__call__(gray uint8 H x W)`` -> (points, scores, desc, raw).
+
+    ``points`` N x 2 float32 (x, y), ``scores`` N float32 (responses), ``desc`` N x D float32 as
+    stored, ``raw`` the descriptors in OpenCV's own type (for matching). Sorted by response.
+    """
+
+    def __init__(self, cfg: dict):
+        method = cfg.get("method", "sift")
+        if method not in METHODS:
+            raise UserError(f"classical.method: expected one of {', '.join(METHODS)}, got {method!r}")
+        self.method = method
+        self.top_k = int(cfg.get("top_k", 0) or 0)
+        self.normalize = bool(cfg.get("normalize", True))
+        if method == "sift":
+            p = cfg.get("sift", {})
+            self.detector = cv2.SIFT_create(nfeatures=max(self.top_k, 0),
+                                            nOctaveLayers=int(p.get("n_octave_layers", 3)),
+                                            contrastThreshold=float(p.get("contrast_threshold", 0.04)),
+                                            edgeThreshold=float(p.get("edge_threshold", 10.0)),
+                                            sigma=float(p.get("sigma", 1.6)))
+            self.norm = cv2.NORM_L2
+        else:
+            p = cfg.get("orb", {})
+            self.detector = cv2.ORB_create(nfeatures=self.top_k if self.top_k > 0 else ALL_KEYPOINTS,
+                                           scaleFactor=float(p.get("scale_factor", 1.2)),
+                                           nlevels=int(p.get("n_levels", 8)),
+                                           edgeThreshold=int(p.get("edge_threshold", 31)),
+                                           fastThreshold=int(p.get("fast_threshold", 20)))
+            self.norm = cv2.NORM_HAMMING
+
+    def __call__(self, image: np.ndarray):
+        keypoints, raw = self.detector.detectAndCompute(image, None)
+        if raw is None or len(keypoints) == 0:
+            raw = np.zeros((0, 128 if self.method == "sift" else 32), np.float32 if self.method == "sift" else np.uint8)
+            keypoints = []
+        points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+        scores = np.array([k.response for k in keypoints], np.float32)
+        order = np.argsort(-scores, kind="stable")
+        if self.top_k > 0:
+            order = order[:self.top_k]
+        points, scores, raw = points[order], scores[order], raw[order]
+        if self.method == "sift":
+            desc = raw.astype(np.float32)
+            if self.normalize and len(desc):
+                desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+                raw = desc
+        else:
+            desc = np.unpackbits(raw, axis=1).astype(np.float32)
+        return points, scores, desc, raw
+
+
+def mutual_matches(raw0: np.ndarray, raw1: np.ndarray, norm: int):
+    """Mutual nearest neighbours -> (M x 2 int64 indices, M float32 distances), by distance."""
+    if len(raw0) == 0 or len(raw1) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
+    found = cv2.BFMatcher(norm, crossCheck=True).match(raw0, raw1)
+    idx = np.array([[m.queryIdx, m.trainIdx] for m in found], np.int64).reshape(-1, 2)
+    dist = np.array([m.distance for m in found], np.float32)
+    order = np.argsort(dist, kind="stable")
+    return idx[order], dist[order]
+
+
+def to_uint8(image) -> np.ndarray:
+    """``1 x H x W`` (or H x W) float in [0, 1] -> H x W uint8."""
+    arr = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
+    arr = arr.reshape(arr.shape[-2:])
+    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def run(config: dict, export_dir: Path, args) -> int:
+    """Export every pair; ``args``: ``correspondence`` and ``outputImg`` (bools)."""
+    features = ClassicalFeatures(config["classical"])
+    with_matches = bool(getattr(args, "correspondence", False))
+    output_images = bool(getattr(args, "outputImg", False))
+    dataset = pair_dataset(config)
+    predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
+    total = count_pairs(dataset, config.get("eval_iter", -1))
+    pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+    for index, item in tqdm(pairs, total=total, desc=f"export {features.method}", unit="pair"):
+        p0, s0, d0, raw0 = features(to_uint8(item["image"]))
+        p1, s1, d1, raw1 = features(to_uint8(item["warped_image"]))
+        record = base_record(item, index)
+        record.update(keypoint_fields(p0, s0, d0))
+        record.update(keypoint_fields(p1, s1, d1, prefix="warped_"))
+        if with_matches:
+            idx, dist = mutual_matches(raw0, raw1, features.norm)
+            record["matches"] = np.concatenate([p0[idx[:, 0]], p1[idx[:, 1]]], axis=1).astype(np.float32)
+            record["match_indices"] = idx
+            record["match_distance"] = dist
+        save_prediction(predictions_dir, index, record)
+        if output_images:
+            save_preview(images_dir, index, record)
+    print(f"exported {total} pairs ({features.method}) to {predictions_dir}")
+    return 0

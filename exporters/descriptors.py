@@ -1,0 +1,110 @@
+"""``export_descriptor``: keypoints and descriptors of a trained network on image pairs.
+
+For every pair of the configured dataset (HPatches by default) the network runs on both images
+through :class:`models.frontend.Frontend` (threshold, NMS, border removal, top-k, subpixel from
+the ``model:`` section) and one ``predictions/<i>.npz`` is written (format:
+:mod:`exporters.predictions`). Weights come from the top-level ``pretrained`` key.
+
+Precision: exports run in fp32 unless ``precision`` is set to ``bf16`` or ``fp16`` explicitly
+(``auto`` means fp32 here, so that keypoint selection does not depend on the machine).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import settings
+from models import build_model, load_weights
+from models.frontend import Frontend, keypoint_settings
+from utils.cli import UserError, autocast_dtype, resolve_device
+
+from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
+                                   prepare_output_dirs, save_prediction, save_preview)
+
+
+def resolve_pretrained(config: dict, task: str = "export_descriptor") -> Path:
+    """The weights file named by ``pretrained`` (absolute, or relative to the working directory,
+    EXPER_PATH or the repository root)."""
+    value = config.get("pretrained")
+    if not value:
+        raise UserError(f"pretrained: {task} needs trained weights; set pretrained: <file> in the config "
+                        f"or --set pretrained=<file> (e.g. pretrained/superpoint_v1.pth)")
+    path = Path(str(value)).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, settings.exper_path() / path,
+                                                     settings.REPO_ROOT / path]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise UserError(f"pretrained: weights file '{value}' not found (looked in "
+                    f"{', '.join(str(c) for c in dict.fromkeys(candidates))})")
+
+
+def export_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for exports: ``auto`` -> fp32; bf16 / fp16 only when asked for."""
+    return None if precision in ("auto", None, "") else autocast_dtype(precision, device)
+
+
+def build_frontend(config: dict) -> Frontend:
+    """The network with its weights, on the configured device, wrapped in the post-processing."""
+    weights = resolve_pretrained(config)
+    device = resolve_device(config.get("device", "auto"))
+    model = build_model(config["model"])
+    load_weights(model, weights, strict=True, weights_only=bool(config.get("weights_only", True)))
+    model.to(device).eval()
+    return Frontend(model, **keypoint_settings(config["model"]),
+                    autocast_dtype=export_precision(config.get("precision", "auto"), device))
+
+
+def segmentation_ids(seg_logits: torch.Tensor, size) -> torch.Tensor:
+    """``B x C x h x w`` logits -> ``B x H x W`` int32 class ids at the image size."""
+    if tuple(seg_logits.shape[-2:]) != tuple(size):
+        seg_logits = F.interpolate(seg_logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return seg_logits.argmax(dim=1).to(torch.int32)
+
+
+def detect(frontend: Frontend, images: list[torch.Tensor], with_seg: bool) -> list[dict]:
+    """Keypoints (N x 2), scores (N), descriptors (N x D) [and seg] for each ``1 x H x W`` image.
+
+    Images of the same size go through the network in one batch.
+    """
+    groups = [images] if all(im.shape == images[0].shape for im in images) else [[im] for im in images]
+    results = []
+    for group in groups:
+        out = frontend(torch.stack(group).float())
+        if with_seg and "seg" not in out.raw:
+            raise UserError("--export-segmentation: the model has no segmentation head (its output has no 'seg')")
+        kp = out.keypoints
+        seg = segmentation_ids(out.raw["seg"], group[0].shape[-2:]) if with_seg else None
+        for b in range(len(group)):
+            m = kp.mask[b]
+            r = {"points": kp.points[b][m], "scores": kp.scores[b][m], "desc": out.descriptors[b][m]}
+            if with_seg:
+                r["seg"] = seg[b].cpu().numpy()
+            results.append(r)
+    return results
+
+
+def run(config: dict, export_dir: Path, args) -> int:
+    """Export every pair; returns 0. ``args``: ``outputImg``, ``export_segmentation`` (bools)."""
+    output_images = bool(getattr(args, "outputImg", False))
+    with_seg = bool(getattr(args, "export_segmentation", False))
+    frontend = build_frontend(config)
+    dataset = pair_dataset(config)
+    predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
+    total = count_pairs(dataset, config.get("eval_iter", -1))
+    pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+    for index, item in tqdm(pairs, total=total, desc="export_descriptor", unit="pair"):
+        first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
+        record = base_record(item, index)
+        record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
+        record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
+        if with_seg:
+            record["seg"], record["warped_seg"] = first["seg"], second["seg"]
+        save_prediction(predictions_dir, index, record)
+        if output_images:
+            save_preview(images_dir, index, record)
+    print(f"exported {total} pairs to {predictions_dir}")
+    return 0

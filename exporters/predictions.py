@@ -1,0 +1,123 @@
+"""The prediction files shared by every descriptor export (read by ``evaluation.py``).
+
+``<export_dir>/predictions/<i>.npz`` for pair i = 0, 1, ... in the dataset's order, holding:
+
+==================  ==========================  ==============================================
+key                 shape / dtype               meaning
+==================  ==========================  ==============================================
+image               H x W float32 in [0, 1]     first image, at the evaluated size
+warped_image        H' x W' float32 in [0, 1]   second image
+homography          3 x 3 float64               maps image pixels to warped_image pixels
+prob, warped_prob   N x 3 float32               keypoints (x, y, score), strongest first
+desc, warped_desc   N x D float32               one descriptor per keypoint row
+name                0-d str                     sequence / image name
+pair_index          0-d int64                   k of the pair (1, k); -1 if the dataset has none
+==================  ==========================  ==============================================
+
+Optional: ``seg`` / ``warped_seg`` (H x W int32 class ids, ``--export-segmentation``) and
+``matches`` / ``match_indices`` / ``match_distance`` (``export_classical.py --correspondence``).
+Points follow the project's convention: (x, y), the centre of the top-left pixel at (0, 0).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datasets import get_dataset
+from utils.cli import UserError
+from utils.draw import draw_keypoints, side_by_side
+from utils.io import atomic_imwrite, atomic_save_npz
+
+PREDICTIONS = "predictions"
+IMAGES = "images"
+_NUMBERED = re.compile(r"^\d+\.(npz|png)$")
+
+
+def prepare_output_dirs(export_dir: Path, images: bool = False) -> tuple[Path, Path | None]:
+    """Create ``predictions/`` (and ``images/``) and delete the numbered files of an earlier export
+    there, so that a shorter export never leaves stale pairs behind."""
+    dirs = [Path(export_dir) / PREDICTIONS] + ([Path(export_dir) / IMAGES] if images else [])
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        for p in d.iterdir():
+            if p.is_file() and _NUMBERED.match(p.name):
+                p.unlink()
+    return dirs[0], (dirs[1] if images else None)
+
+
+def pair_dataset(config: dict):
+    """The configured dataset, checked to give image pairs with a homography."""
+    dataset = get_dataset(config, "test")
+    if len(dataset) == 0:
+        raise UserError(f"data.dataset '{config['data']['dataset']}': the dataset is empty")
+    first = dataset[0]
+    missing = [k for k in ("image", "warped_image", "homography") if k not in first]
+    if missing:
+        raise UserError(f"data.dataset '{config['data']['dataset']}': items have no {', '.join(missing)}; "
+                        f"descriptor exports need image pairs (HPatches, or data.warped_pair.enable: true)")
+    return dataset
+
+
+def iterate_pairs(dataset, eval_iter: int = -1, num_workers: int = 0) -> Iterator[tuple[int, dict]]:
+    """``(index, item)`` for the first ``eval_iter`` items (all if negative), in order."""
+    total = len(dataset) if eval_iter is None or eval_iter < 0 else min(int(eval_iter), len(dataset))
+    if total == 0:
+        return
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=int(num_workers))
+    for index, item in enumerate(loader):
+        yield index, item
+        if index + 1 >= total:
+            break
+
+
+def count_pairs(dataset, eval_iter: int = -1) -> int:
+    return len(dataset) if eval_iter is None or eval_iter < 0 else min(int(eval_iter), len(dataset))
+
+
+def _numpy(x, dtype) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def base_record(item: dict, index: int) -> dict:
+    """The image / homography / name fields of one prediction file."""
+    pair_index = item.get("pair_index", -1)
+    if isinstance(pair_index, torch.Tensor):
+        pair_index = int(pair_index)
+    return {
+        "image": _numpy(item["image"], np.float32).reshape(item["image"].shape[-2:]),
+        "warped_image": _numpy(item["warped_image"], np.float32).reshape(item["warped_image"].shape[-2:]),
+        "homography": _numpy(item["homography"], np.float64).reshape(3, 3),
+        "name": np.str_(item.get("name", str(index))),
+        "pair_index": np.int64(pair_index),
+    }
+
+
+def keypoint_fields(points, scores, desc, prefix: str = "") -> dict:
+    """``prob`` (N x 3 x, y, score) and ``desc`` (N x D) as float32 arrays, keys prefixed."""
+    pts = _numpy(points, np.float32).reshape(-1, 2)
+    sc = _numpy(scores, np.float32).reshape(-1, 1)
+    d = _numpy(desc, np.float32)
+    d = d.reshape(len(pts), d.shape[-1])  # desc: N x D
+    return {f"{prefix}prob": np.concatenate([pts, sc], axis=1), f"{prefix}desc": d}
+
+
+def save_prediction(predictions_dir: Path, index: int, record: dict) -> Path:
+    path = Path(predictions_dir) / f"{index}.npz"
+    atomic_save_npz(path, compressed=True, **record)
+    return path
+
+
+def save_preview(images_dir: Path, index: int, record: dict) -> Path:
+    """``images/<index>.png``: both images side by side with their keypoints."""
+    left = draw_keypoints(record["image"], record["prob"], color=(0, 255, 0))
+    right = draw_keypoints(record["warped_image"], record["warped_prob"], color=(0, 0, 255))
+    path = Path(images_dir) / f"{index}.png"
+    atomic_imwrite(path, side_by_side(left, right))
+    return path
