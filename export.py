@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--outputImg", action="store_true", help="also write a picture per item (space hungry)")
     parser.add_argument("--export-segmentation", dest="export_segmentation", action="store_true",
                         help="also export predicted segmentation ids (models with a segmentation head)")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                        help="export_model: the deployable format")
     add_config_overrides(parser)
     return parser
 
