@@ -35,10 +35,13 @@ def descriptor_distances(desc1: np.ndarray, desc2: np.ndarray, metric: str = "l2
         return a.sum(1)[:, None] + b.sum(1)[None, :] - 2.0 * _matmul_t(a, b)
     if metric != "l2":
         raise ValueError(f"unknown descriptor metric {metric!r} (expected l2 or hamming)")
-    a = np.ascontiguousarray(desc1, dtype=np.float32)
-    b = np.ascontiguousarray(desc2, dtype=np.float32)
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * _matmul_t(a, b)
-    return np.sqrt(np.maximum(sq, 0.0))
+    import torch
+
+    # |a|^2 + |b|^2 - 2 a.b in one fused product, then in place: a few passes over N x M only
+    a = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.float32))
+    b = torch.from_numpy(np.ascontiguousarray(desc2, dtype=np.float32))
+    norms = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :]
+    return torch.addmm(norms, a, b.T, alpha=-2.0).clamp_min_(0.0).sqrt_().numpy()
 
 
 def _matmul_t(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ def _submatrix(D: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     full_cols = len(cols) == D.shape[1] and np.array_equal(cols, np.arange(len(cols)))
     if full_rows and full_cols:
         return D
-    return D[np.ix_(rows, cols)]
+    return D.take(rows, axis=0).take(cols, axis=1)
 
 
 def _homography_metrics(H: np.ndarray, est, size) -> dict:
@@ -56,8 +56,10 @@ def _evaluate_ours(pair: PairPredictions, s: EvaluationSettings, do_rep: bool, d
     n1, n2 = len(P1), len(P2)
     eps = s.correctness_distance
     # the k best points of each image among those whose warp lands inside the other image
-    S1 = top_k_indices(pair.scores, n1, s.top_k, in_other_image(P1, H, pair.warped_size))
-    S2 = top_k_indices(pair.warped_scores, n2, s.top_k, in_other_image(P2, H_inv, pair.size))
+    # (kept in file order: no metric depends on the order, and ties of a nearest-neighbour search
+    # then go to the lowest file index whatever the scores)
+    S1 = np.sort(top_k_indices(pair.scores, n1, s.top_k, in_other_image(P1, H, pair.warped_size)))
+    S2 = np.sort(top_k_indices(pair.warped_scores, n2, s.top_k, in_other_image(P2, H_inv, pair.size)))
     m: dict = {"n_points": [n1, n2], "n_shared": [len(S1), len(S2)]}
     drawing: dict = {"all_points1": P1, "all_points2": P2, "points1": P1[S1], "points2": P2[S2]}
 
@@ -67,8 +69,9 @@ def _evaluate_ours(pair: PairPredictions, s: EvaluationSettings, do_rep: bool, d
 
     if do_homo:
         # homography estimation sees the k best points of each image, not the ground-truth region
-        A1 = top_k_indices(pair.scores, n1, s.top_k)
-        A2 = top_k_indices(pair.warped_scores, n2, s.top_k)
+        # (sorted indices: matching does not depend on the order, and slices stay contiguous)
+        A1 = np.sort(top_k_indices(pair.scores, n1, s.top_k))
+        A2 = np.sort(top_k_indices(pair.warped_scores, n2, s.top_k))
         # one distance matrix over the union of both selections, sliced for each metric
         U1, U2 = np.union1d(A1, S1).astype(np.int64), np.union1d(A2, S2).astype(np.int64)
         D = descriptor_distances(pair.desc[U1], pair.warped_desc[U2], s.descriptor_metric)

@@ -135,8 +135,8 @@ def _points(arr: np.ndarray, path: Path, key: str) -> tuple[np.ndarray, np.ndarr
 
 def _descriptors(arr: np.ndarray, n: int, path: Path, key: str, points_key: str) -> np.ndarray:
     a = np.asarray(arr)
-    if a.ndim == 2 and a.shape[0] == 0 and n == 0:
-        return a
+    if n == 0 and a.size == 0:  # no points: accept (0, D), (0,) or (D, 0)
+        return a.reshape(0, a.shape[1] if a.ndim == 2 and a.shape[0] == 0 else 0)
     if a.ndim != 2 or not np.issubdtype(a.dtype, np.number):
         raise UserError(f"{path}: key '{key}' must be N x D descriptors, got shape {a.shape} dtype {a.dtype}")
     if a.shape[0] != n:

@@ -58,7 +58,7 @@ def test_nn_map_perfect_and_shuffled_descriptors_near_chance():
     d1 = unit_rows(rng.normal(size=(100, 64)))
     assert nn_average_precision(g, p2, descriptor_distances(d1, d1), H, 3.0) == 1.0
     aps, rates = [], []
-    for _ in range(40):
+    for _ in range(25):
         d2 = d1[rng.permutation(100)]
         dist = descriptor_distances(d1, d2)
         nn = dist.argmin(1)
@@ -154,3 +154,15 @@ def test_top_k_limits_every_metric():
     perm = np.argmax(a["warped_desc"] @ a["desc"].T, axis=1)
     common = len(best1 & set(perm[order2].tolist()))
     assert m["repeatability"] == pytest.approx(2 * common / 20)
+
+
+def test_pair_without_detections_in_one_image():
+    a = perfect_arrays(6, n=20)
+    pair = make_pair(a["prob"][:, :2], np.zeros((0, 2)), a["desc"], np.zeros((0, 32), np.float32),
+                     a["homography"], scores1=a["prob"][:, 2])
+    m = evaluate_pair(pair, EvaluationSettings()).metrics
+    assert m["repeatability"] == 0.0 and np.isnan(m["mle"])
+    assert not m["homography_ok"] and m["corner_error"] == float("inf")
+    assert m["nn_ap"] == 0.0 and m["matching_score"] == 0.0 and m["n_matches"] == 0
+    ref = evaluate_pair(pair, EvaluationSettings(protocol="reference")).metrics
+    assert ref["repeatability"] == 0.0 and ref["matching_score"] == 0.0 and ref["nn_ap"] == 0.0
