@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 
 from datasets import get_dataset
 from utils.cli import UserError
-from utils.draw import draw_keypoints, side_by_side
-from utils.io import atomic_imwrite, atomic_save_npz
+from utils.draw import GREEN, RED, draw_keypoints, save_rgb, side_by_side
+from utils.io import atomic_save_npz
 
 PREDICTIONS = "predictions"
 IMAGES = "images"
@@ -116,8 +116,8 @@ def save_prediction(predictions_dir: Path, index: int, record: dict) -> Path:
 
 def save_preview(images_dir: Path, index: int, record: dict) -> Path:
     """``images/<index>.png``: both images side by side with their keypoints."""
-    left = draw_keypoints(record["image"], record["prob"], color=(0, 255, 0))
-    right = draw_keypoints(record["warped_image"], record["warped_prob"], color=(0, 0, 255))
+    left = draw_keypoints(record["image"], record["prob"], color=GREEN)
+    right = draw_keypoints(record["warped_image"], record["warped_prob"], color=RED)
     path = Path(images_dir) / f"{index}.png"
-    atomic_imwrite(path, side_by_side(left, right))
+    save_rgb(path, side_by_side([left, right]))
     return path

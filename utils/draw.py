@@ -1,35 +1,107 @@
-"""Small drawing helpers for export previews (OpenCV, BGR uint8 images)."""
+"""Drawing keypoints and matches on images (OpenCV), returning RGB uint8 arrays.
+
+Every function takes images as gray or RGB, float in [0, 1] (or [0, 255]) or uint8, and returns a
+new ``H x W x 3`` uint8 RGB array; points are float (x, y) pixels (sub-pixel positions are drawn
+with OpenCV's fixed-point ``shift``). ``save_rgb`` writes one atomically (PNG from the suffix).
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from utils.io import atomic_imwrite
 
-def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
-    """Gray float in [0, 1] (H x W) or uint8 (H x W or H x W x 3) -> BGR uint8 H x W x 3."""
+GREEN = (0, 200, 0)
+RED = (230, 30, 30)
+BLUE = (40, 120, 255)
+YELLOW = (255, 210, 0)
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Gray or RGB, float ([0, 1], or [0, 255] when the max exceeds 1) or uint8 -> ``H x W x 3`` uint8."""
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 0, -1)  # C x H x W
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
     if img.dtype != np.uint8:
-        img = np.clip(np.round(img.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        img = img.astype(np.float32)
+        scale = 255.0 if float(np.nanmax(img)) <= 1.0 + 1e-6 else 1.0
+        img = np.clip(np.nan_to_num(img) * scale, 0, 255).round().astype(np.uint8)
     if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        img = np.repeat(img[..., None], 3, axis=2)
     return np.ascontiguousarray(img)
 
 
-def draw_keypoints(image: np.ndarray, points: np.ndarray, color=(0, 255, 0), radius: int = 2) -> np.ndarray:
-    """Circles at ``points`` (N x 2+, x y first) on a copy of ``image``; returns BGR uint8."""
-    out = to_bgr_uint8(image).copy()
+def _fixed(points: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(points, dtype=np.float64) * (1 << _SHIFT)).astype(np.int64)
+
+
+def draw_keypoints(image: np.ndarray, points: np.ndarray, color=GREEN, radius: float = 2.0,
+                   thickness: int = 1) -> np.ndarray:
+    """Circles at ``points`` (N x 2 or N x 3, x y [score]) on a copy of ``image``."""
+    out = to_rgb_uint8(image).copy()
     pts = np.asarray(points, dtype=np.float64)
-    if pts.size == 0:
-        return out
-    for x, y in pts.reshape(len(pts), -1)[:, :2]:
-        cv2.circle(out, (int(round(x)), int(round(y))), radius, color, thickness=-1, lineType=cv2.LINE_AA)
+    pts = pts.reshape(-1, 2) if pts.ndim != 2 else pts
+    r = int(round(radius * (1 << _SHIFT)))
+    for x, y in _fixed(pts[:, :2]):
+        cv2.circle(out, (int(x), int(y)), r, color, thickness, cv2.LINE_AA, _SHIFT)
     return out
 
 
-def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
-    """Two BGR images next to each other (top-aligned, black padding)."""
-    h = max(left.shape[0], right.shape[0])
-    out = np.zeros((h, left.shape[1] + gap + right.shape[1], 3), np.uint8)
-    out[:left.shape[0], :left.shape[1]] = left
-    out[:right.shape[0], left.shape[1] + gap:] = right
+def side_by_side(images, gap: int = 8, background: int = 255) -> np.ndarray:
+    """Images next to each other (top-aligned), separated by ``gap`` pixels."""
+    imgs = [to_rgb_uint8(i) for i in images]
+    h = max(i.shape[0] for i in imgs)
+    w = sum(i.shape[1] for i in imgs) + gap * (len(imgs) - 1)
+    out = np.full((h, w, 3), background, dtype=np.uint8)
+    x = 0
+    for i in imgs:
+        out[: i.shape[0], x: x + i.shape[1]] = i
+        x += i.shape[1] + gap
     return out
+
+
+def draw_matches(image1: np.ndarray, image2: np.ndarray, points1: np.ndarray, points2: np.ndarray,
+                 correct: np.ndarray | None = None, gap: int = 8, thickness: int = 1,
+                 max_lines: int | None = None, seed: int = 0) -> np.ndarray:
+    """The two images side by side with a line per match (``points1[i]`` <-> ``points2[i]``).
+
+    Lines are green where ``correct`` is True, red where False, blue without ``correct``.
+    ``max_lines`` draws a random subset (seeded) when there are more matches.
+    """
+    canvas = side_by_side([image1, image2], gap=gap)
+    offset = np.array([to_rgb_uint8(image1).shape[1] + gap, 0.0])
+    p1 = np.asarray(points1, dtype=np.float64).reshape(-1, 2)
+    p2 = np.asarray(points2, dtype=np.float64).reshape(-1, 2) + offset
+    idx = np.arange(len(p1))
+    if max_lines is not None and len(idx) > max_lines:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_lines, replace=False))
+    ok = None if correct is None else np.asarray(correct, dtype=bool)
+    # incorrect matches first, so the correct ones stay visible on top
+    if ok is not None:
+        idx = idx[np.argsort(ok[idx], kind="stable")]
+    a, b = _fixed(p1[idx]), _fixed(p2[idx])
+    for k, i in enumerate(idx):
+        color = BLUE if ok is None else (GREEN if ok[i] else RED)
+        pa, pb = (int(a[k, 0]), int(a[k, 1])), (int(b[k, 0]), int(b[k, 1]))
+        cv2.line(canvas, pa, pb, color, thickness, cv2.LINE_AA, _SHIFT)
+        cv2.circle(canvas, pa, 2 << _SHIFT, color, 1, cv2.LINE_AA, _SHIFT)
+        cv2.circle(canvas, pb, 2 << _SHIFT, color, 1, cv2.LINE_AA, _SHIFT)
+    return canvas
+
+
+def put_title(image: np.ndarray, text: str, height: int = 22) -> np.ndarray:
+    """A white band with ``text`` above ``image`` (RGB uint8 in, RGB uint8 out)."""
+    img = to_rgb_uint8(image)
+    band = np.full((height, img.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(band, text, (4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, img], axis=0)
+
+
+def save_rgb(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 image (format from the suffix, e.g. .png) atomically."""
+    atomic_imwrite(path, cv2.cvtColor(to_rgb_uint8(image), cv2.COLOR_RGB2BGR))
