@@ -206,7 +206,7 @@ def sample_sparse_pairs(homography: torch.Tensor, image_size, num_matches: int, 
     Args:
         homography: ``B x 3 x 3`` A -> B. image_size: (H, W) of A and B (multiples of 8).
         num_matches: M (at most the number of cells); num_negatives: K per match.
-        rng: a :class:`datasets.augmentation.Randomness` (per-sample draws: ``rng.rand(B, ...)``).
+        rng: a :class:`datasets.augmentation.Randomness` (per-sample draws, see its ``rows``).
         valid_mask / warped_valid_mask: ``B x 1 x H x W`` (None = all valid).
         exclusion: B cells whose centre lies within this many pixels of the match are no negatives.
     """
@@ -235,7 +235,8 @@ def sample_sparse_pairs(homography: torch.Tensor, image_size, num_matches: int, 
     k = int(num_negatives)
     vb = _cell_mask(warped_valid_mask, B, n, dev) > 0.5
     n_valid = vb.sum(1)  # B
-    u = rng.rand(B, m, k).to(dev)
+    # (drawn by the device generator: the global batch's B x M x K draws are many)
+    u = rng.rand_like(torch.empty(B, m, k, device=dev))
     target = (u * n_valid.view(B, 1, 1)).floor().long() + 1  # the target-th valid cell, 1..n_valid
     target = torch.minimum(target, n_valid.view(B, 1, 1).clamp(min=1))
     csum = vb.long().cumsum(1)
