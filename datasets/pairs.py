@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from datasets.augmentation import Randomness, photometric_augmentation, random_warp
-from utils.geometry import sample_homography, warp_image, warp_points, warped_valid_mask
+from utils.geometry import inside_image, warp_image, warp_points, warped_valid_mask
 from utils.keypoints import gaussian_label_map, keypoints_to_map
 
 
@@ -76,14 +76,17 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
 
     pair = data_cfg.get("warped_pair") or {}
     if pair.get("enable", False):
-        Hp = sample_homography(B, size, pair["params"], generator=rng.cpu).to(device)
+        Hp = rng.homographies(B, size, pair["params"]).to(device)
         warped = warp_image(image, Hp, size)
         wvalid = warped_valid_mask(Hp, size, size, border=int(pair.get("valid_border_margin", 0)))
         if not bool((valid > 0.5).all()):
             wvalid = wvalid * (warp_image(valid, Hp, size, mode="nearest") > 0.5).float()
         wpts = warp_points(pts.double(), Hp.double()).float() if pts.shape[1] else pts
+        # A point that left the image (homographic augmentation) is not a label of the image, so
+        # it is not one of the warped image either, even where the pair's warp brings it back.
+        wmask = kmask & inside_image(pts, size) if pts.shape[1] else kmask
         out.update({"warped_image": warped, "warped_valid_mask": wvalid, "homography": Hp})
-        out.update({f"warped_{k}": v for k, v in _labels(wpts, kmask, size, data_cfg).items()})
+        out.update({f"warped_{k}": v for k, v in _labels(wpts, wmask, size, data_cfg).items()})
         if seg is not None:
             out["warped_seg"] = _warp_seg(seg, Hp, size, wvalid, ignore_index)
 

@@ -45,6 +45,10 @@ def keypoint_overlay(image: torch.Tensor, gt: np.ndarray, pred: np.ndarray) -> n
 class DetectorTask:
     """Shared by MagicPoint and SuperPoint: data, detector loss, detector validation."""
 
+    # The descriptor head gets no gradient from the detector loss (DistributedDataParallel must
+    # look for unused parameters).
+    unused_parameters = True
+
     def __init__(self, config: dict):
         self.config = config
         self.data_cfg = config["data"]
@@ -59,17 +63,29 @@ class DetectorTask:
     def _label(self, prepared: dict, prefix: str = "") -> torch.Tensor:
         return prepared.get(f"{prefix}label_heat", prepared[f"{prefix}label_map"])
 
+    def forward_pair(self, model, prepared: dict) -> dict:
+        """The network's outputs on the image and, if there is one, on its warped copy:
+        ``{"": out, "warped_": out}``.
+
+        One forward pass on the stacked ``2B`` batch: distributed data parallel expects one
+        forward per backward (and batch norm sees both views in one batch).
+        """
+        image = prepared["image"]
+        if "warped_image" not in prepared:
+            return {"": model(image)}
+        out = model(torch.cat([image, prepared["warped_image"]], dim=0))
+        B = image.shape[0]
+        return {"": {k: v[:B] for k, v in out.items()}, "warped_": {k: v[B:] for k, v in out.items()}}
+
     def detector_losses(self, model, prepared: dict) -> tuple[torch.Tensor, dict, dict]:
-        out = model(prepared["image"])
-        loss = detector_loss(out["semi"], self._label(prepared), prepared["valid_mask"])
+        outs = self.forward_pair(model, prepared)
+        loss = detector_loss(outs[""]["semi"], self._label(prepared), prepared["valid_mask"])
         logs = {"loss_det": loss.detach()}
-        outs = {"": out}
-        if "warped_image" in prepared:
-            wout = model(prepared["warped_image"])
-            wloss = detector_loss(wout["semi"], self._label(prepared, "warped_"), prepared["warped_valid_mask"])
+        if "warped_" in outs:
+            wloss = detector_loss(outs["warped_"]["semi"], self._label(prepared, "warped_"),
+                                  prepared["warped_valid_mask"])
             logs["loss_det_warp"] = wloss.detach()
             loss = loss + wloss
-            outs["warped_"] = wout
         return loss, logs, outs
 
     def loss(self, model, prepared: dict):
@@ -85,11 +101,17 @@ class DetectorTask:
         acc = DetectionAccumulator(distance=2.0)
         rng = Randomness.from_seed(0, device)
         for batch in batches:
-            prepared = self.prepare(batch, False, rng, device)
-            kp = self.detect(model, prepared["image"], MAP_MIN_SCORE)
-            for gt, pts in zip(label_points(prepared["label_map"]), kp.to_list()):
-                pts = pts.float().cpu().numpy()
-                acc.add(pts[:, :2], pts[:, 2], gt)
+            self.validate_detections(acc, model, self.prepare(batch, False, rng, device))
+        return self.detection_metrics(acc)
+
+    def validate_detections(self, acc: DetectionAccumulator, model, prepared: dict) -> None:
+        """Add one prepared batch's detections (down to MAP_MIN_SCORE) to ``acc``."""
+        kp = self.detect(model, prepared["image"], MAP_MIN_SCORE)
+        for gt, pts in zip(label_points(prepared["label_map"]), kp.to_list()):
+            pts = pts.float().cpu().numpy()
+            acc.add(pts[:, :2], pts[:, 2], gt)
+
+    def detection_metrics(self, acc: DetectionAccumulator) -> dict:
         res = acc.result(float(self.model_cfg["detection_threshold"]))
         return {k: float(v) for k, v in res.items() if k in ("precision", "recall", "mAP")}
 

@@ -7,6 +7,15 @@ Iteration based: ``train_iter`` steps of Adam over an infinite, resumable batch 
 ``i`` is seeded by (seed, i), so a resumed run continues the same loss curve.
 
 A task object supplies the data and the loss (see :class:`TrainTask`).
+
+Several processes (``torchrun``, see ``training.distributed``): the model is wrapped in
+DistributedDataParallel (batch norm converted to SyncBatchNorm on several GPUs), each process
+trains on its shard of every global batch (``ResumableBatchSampler``), and the per-sample random
+draws of a step are those of the sample's position in the global batch (``Randomness.rows``), so
+N processes with batch B follow the same run as one process with batch N*B. Rank 0 alone writes
+checkpoints, the config and TensorBoard, and validates; all processes resume from the checkpoint
+rank 0 reads (sent to the others), agree on stopping (Ctrl-C / SIGTERM, non-finite loss) before
+each update, and wait for rank 0 after every save.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -47,6 +57,9 @@ class TrainTask(Protocol):
     def validate(self, model: torch.nn.Module, batches, device: torch.device) -> dict:
         ...
 
+    # optional attribute: unused_parameters (bool, default True) -- some parameters get no
+    # gradient from the loss (DistributedDataParallel must then look for them every step)
+
     def show(self, model: torch.nn.Module, prepared: dict) -> dict:  # name -> H x W x 3 uint8
         ...
 
@@ -56,7 +69,8 @@ class NonFiniteLoss(UserError):
 
 
 def step_seed(seed: int, n_iter: int, rank: int = 0) -> int:
-    """The seed of every random draw made at step ``n_iter`` on ``rank``."""
+    """The seed of every random draw made at step ``n_iter`` (the trainer uses ``rank=0`` on every
+    process: per-sample draws are told apart by the sample's row in the global batch)."""
     return ((seed * 1_000_003 + n_iter) * 64 + rank) % (2 ** 63)
 
 
@@ -94,7 +108,9 @@ class _StopFlag:
 
 class Trainer:
     def __init__(self, config: dict, name: str, task: TrainTask, do_eval: bool = False, debug: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        """``rank`` / ``world_size``: this process in a started process group (see
+        ``training.distributed.launch``); ``device`` overrides ``config['device']``."""
         self.config = config
         self.name = name
         self.task = task
@@ -103,7 +119,11 @@ class Trainer:
         self.rank = rank
         self.world_size = world_size
         self.is_main = rank == 0
-        self.device = resolve_device(config.get("device", "auto"))
+        self.distributed = world_size > 1
+        if self.distributed and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("Trainer: world_size > 1 needs an initialised process group "
+                               "(use training.distributed.launch under torchrun)")
+        self.device = device if device is not None else resolve_device(config.get("device", "auto"))
         self.amp_dtype = autocast_dtype(config.get("precision", "auto"), self.device)
         self.exp_dir = settings.exper_path() / name
         self.ckpt_dir = self.exp_dir / "checkpoints"
@@ -118,17 +138,37 @@ class Trainer:
 
     def _build(self):
         mcfg = self.config["model"]
+        net = build_model(mcfg)
+        dcfg = self.config.get("distributed") or {}
+        if self.distributed and self.device.type == "cuda" and bool(dcfg.get("sync_batchnorm", True)):
+            # batch statistics over the global batch, as one process would see them
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         # channels-last weights: measurably faster convolutions on CPU (oneDNN) and tensor cores
-        self.model = build_model(mcfg).to(self.device).to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(mcfg["learning_rate"]),
+        self.net = net.to(self.device).to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=float(mcfg["learning_rate"]),
                                           betas=(0.9, 0.999), weight_decay=float(mcfg.get("weight_decay", 0.0)))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        # fp16 needs loss scaling (bf16 has fp32's range and does not)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.n_iter = 0
+        if self.is_main:
+            self._load_initial_state()
+        if self.distributed:
+            self._share_initial_state()
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(self.task, "unused_parameters", True)))
+        else:
+            self.model = self.net
+
+    def _load_initial_state(self) -> None:
+        """Resume from the latest checkpoint, else start from ``pretrained`` (rank 0)."""
         weights_only = bool(self.config.get("weights_only", True))
         resume = latest_checkpoint(self.ckpt_dir)
         if resume is not None:
             ck = load_checkpoint(resume, weights_only=weights_only)
-            self.model.load_state_dict(extract_state_dict(ck))
+            self.net.load_state_dict(extract_state_dict(ck))
             if "optimizer_state_dict" in ck:
                 self.optimizer.load_state_dict(ck["optimizer_state_dict"])
             if self.scaler is not None and "scaler_state_dict" in ck:
@@ -137,7 +177,7 @@ class Trainer:
             self._log(f"resuming from {resume} (iteration {self.n_iter})")
         elif self.config.get("pretrained"):
             path = Path(self.config["pretrained"])
-            obj = load_weights(self.model, path, strict=False, weights_only=weights_only)
+            obj = load_weights(self.net, path, strict=False, weights_only=weights_only)
             self._report_partial_load(path, obj)
             if not self.config.get("reset_iter", True) and isinstance(obj, dict) and "n_iter" in obj:
                 self.n_iter = int(obj["n_iter"])
@@ -145,9 +185,60 @@ class Trainer:
                     self.optimizer.load_state_dict(obj["optimizer_state_dict"])
             self._log(f"initialised from {path} (starting at iteration {self.n_iter})")
 
+    def _share_initial_state(self) -> None:
+        """Send rank 0's weights, optimizer / scaler state and iteration to every process, so all
+        start from the same checkpoint (whether or not they can read its file)."""
+        state = [None]
+        if self.is_main:
+            state = [{"model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                      "optimizer": self.optimizer.state_dict(), "n_iter": self.n_iter,
+                      "scaler": self.scaler.state_dict() if self.scaler is not None else None}]
+        dist.broadcast_object_list(state, src=0, device=self._comm_device())
+        if not self.is_main:
+            st = state[0]
+            self.net.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            if self.scaler is not None and st["scaler"] is not None:
+                self.scaler.load_state_dict(st["scaler"])
+            self.n_iter = int(st["n_iter"])
+
+    def _comm_device(self) -> torch.device:
+        """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def _agree(self, flags: list[bool]) -> list[bool]:
+        """Each flag true on any process -> true on all (one small all-reduce)."""
+        if not self.distributed:
+            return flags
+        t = torch.tensor([float(f) for f in flags], device=self._comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def _mean_over_ranks(self, logs: dict) -> dict:
+        """Average scalar logs over the processes (all must call this at the same steps)."""
+        if not self.distributed or not logs:
+            return logs
+        keys = sorted(logs)
+        t = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+
+    def _step_randomness(self, batch_size: int) -> Randomness:
+        """The random draws of this step: seeded by (seed, step); with several processes each
+        keeps its samples' rows of the global batch (sampler order: row = k * world + rank)."""
+        seed = step_seed(int(self.config["seed"]), self.n_iter)
+        if not self.distributed:
+            return Randomness.from_seed(seed, self.device)
+        rows = torch.arange(batch_size) * self.world_size + self.rank
+        return Randomness.from_seed(seed, self.device, rows=rows, global_batch=batch_size * self.world_size)
+
     def _report_partial_load(self, path: Path, obj) -> None:
         state = extract_state_dict(obj)
-        own = self.model.state_dict()
+        own = self.net.state_dict()
         used = [k for k in state if k in own and own[k].shape == state[k].shape]
         if not used:
             raise UserError(f"{path}: no weight fits model {self.config['model']['name']}")
@@ -167,7 +258,7 @@ class Trainer:
         self.train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
         self.val_set = val_set
         self.val_loader = None
-        if val_set is not None and self.do_eval:
+        if val_set is not None and self.do_eval and self.is_main:
             self.val_loader = DataLoader(val_set, batch_size=int(mcfg["eval_batch_size"]), shuffle=False,
                                          collate_fn=collate, num_workers=0)
 
@@ -177,23 +268,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ actions
     def save(self, loss: float | None = None) -> Path | None:
-        if not self.is_main:
-            return None
-        extra = {"scaler_state_dict": self.scaler.state_dict()} if self.scaler is not None else None
-        return save_checkpoint(self.ckpt_dir, self.n_iter, self.model, self.optimizer, loss, self.config,
-                               keep=int(self.config.get("keep_checkpoints", 0)), extra=extra)
+        """Rank 0 writes the checkpoint; every process must call this (they wait for the write)."""
+        path = None
+        if self.is_main:
+            extra = {"scaler_state_dict": self.scaler.state_dict()} if self.scaler is not None else None
+            path = save_checkpoint(self.ckpt_dir, self.n_iter, self.net, self.optimizer, loss, self.config,
+                                   keep=int(self.config.get("keep_checkpoints", 0)), extra=extra)
+        self._barrier()
+        return path
 
     def validate(self) -> dict:
-        if self.val_loader is None:
+        """Validation metrics (rank 0 only, on the unwrapped network; others return {})."""
+        if self.val_loader is None or not self.is_main:
             return {}
         n = int(self.config.get("validation_size", 0))
         batches = (b for i, b in enumerate(self.val_loader) if n <= 0 or i < n)
-        self.model.eval()
+        self.net.eval()
         try:
             with torch.no_grad(), self._autocast():
-                metrics = self.task.validate(self.model, batches, self.device)
+                metrics = self.task.validate(self.net, batches, self.device)
         finally:
-            self.model.train()
+            self.net.train()
         return metrics
 
     def _tb_scalars(self, prefix: str, values: dict) -> None:
@@ -206,12 +301,12 @@ class Trainer:
     def _tb_images(self, prepared: dict) -> None:
         if self.writer is None:
             return
-        self.model.eval()
+        self.net.eval()
         try:
             with torch.no_grad(), self._autocast():
-                images = self.task.show(self.model, prepared)
+                images = self.task.show(self.net, prepared)
         finally:
-            self.model.train()
+            self.net.train()
         for k, img in images.items():
             self.writer.add_image(f"train/{k}", img, self.n_iter, dataformats="HWC")
 
@@ -226,13 +321,17 @@ class Trainer:
             dump_config(cfg, self.exp_dir / "config.yml")
         if self.n_iter >= total:
             self._log(f"nothing to do: {self.name} is already at iteration {self.n_iter} >= train_iter {total}")
-            return self.validate() if self.do_eval else {}
+            if not self.do_eval:
+                return {}
+            self._loaders()
+            return self.validate()
         self._loaders()
         if self.is_main:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(logdir=str(self.runs_dir))
-            self._log(f"training {self.name} on {self.device} "
+            procs = f" x {self.world_size} processes" if self.distributed else ""
+            self._log(f"training {self.name} on {self.device}{procs} "
                       f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
                       f"iterations {self.n_iter} -> {total}; logs in {self.exp_dir}, TensorBoard in {self.runs_dir}")
         self.model.train()
@@ -240,19 +339,23 @@ class Trainer:
         last_loss = None
         t0, seen = time.perf_counter(), 0
         bar = tqdm(total=total, initial=self.n_iter, desc=self.name, disable=not self.is_main, dynamic_ncols=True)
-        seed = int(cfg["seed"])
         clip = float(cfg["model"].get("grad_clip", 0.0))
+        stopped = False
         with _StopFlag() as stop:
             for batch in self.train_loader:
-                rng = Randomness.from_seed(step_seed(seed, self.n_iter, self.rank), self.device)
+                rng = self._step_randomness(len(batch["image"]))
                 prepared = self.task.prepare(batch, True, rng, self.device)
                 with self._autocast():
                     loss, logs = self.task.loss(self.model, prepared)
-                if not torch.isfinite(loss):
+                # every process learns whether any has a non-finite loss or was asked to stop
+                bad, stopping = self._agree([not bool(torch.isfinite(loss.detach())), stop.signal is not None])
+                if bad:
                     good = latest_checkpoint(self.ckpt_dir)
-                    raise NonFiniteLoss(f"non-finite loss ({float(loss.detach())}) at iteration {self.n_iter}; "
-                                        f"stopping. The last good checkpoint is "
-                                        f"{good if good else '(none yet)'}")
+                    value = float(loss.detach())
+                    what = (f"non-finite loss ({value}{f' on rank {self.rank}' if self.distributed else ''})"
+                            if not math.isfinite(value) else "non-finite loss on another process")
+                    raise NonFiniteLoss(f"{what} at iteration {self.n_iter}; stopping. "
+                                        f"The last good checkpoint is {good if good else '(none yet)'}")
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -277,7 +380,8 @@ class Trainer:
                     dt = time.perf_counter() - t0
                     logs = {k: float(v) for k, v in logs.items()}
                     logs["loss"] = last_loss
-                    logs["images_per_s"] = seen / dt if dt > 0 else 0.0
+                    logs = self._mean_over_ranks(logs)
+                    logs["images_per_s"] = self.world_size * seen / dt if dt > 0 else 0.0
                     self._tb_scalars("train", logs)
                     t0, seen = time.perf_counter(), 0
                 if it % int(cfg["train_show_interval"]) == 0:
@@ -289,14 +393,15 @@ class Trainer:
                         f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
                 if it % int(cfg["save_interval"]) == 0:
                     self.save(last_loss)
-                if stop.signal is not None or it >= total:
+                stopped = stopping if self.distributed else stop.signal is not None
+                if stopped or it >= total:
                     break
         bar.close()
         path = self.save(last_loss)
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
-        if stop.signal is not None:
+        if stopped:
             self._log(f"stopped at iteration {self.n_iter}; checkpoint {path}. Re-run the same command to resume.")
             raise KeyboardInterrupt
         if self.do_eval and self.n_iter % int(cfg["validation_interval"]) != 0:

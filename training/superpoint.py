@@ -1,0 +1,187 @@
+"""SuperPoint (``train_joint``): detector and descriptor trained together on image pairs.
+
+Each training item is an image with exported keypoint labels; ``datasets.pairs.prepare_batch``
+(``data.warped_pair.enable: true``) adds a homography-warped copy with warped labels and valid
+masks, and photometric augmentation on both. The loss is
+
+    detector_loss(image) + detector_loss(warped image) + lambda_loss * descriptor_loss
+
+with the descriptor loss chosen by ``model.dense_loss.enable`` (the paper's dense hinge loss) or
+``model.sparse_loss.enable`` (sampled correspondences, the reference implementation's default);
+see ``training.descriptor_losses`` for the definitions and normalisations.
+
+Validation (``--eval``) adds to the detector's precision / recall / mAP the descriptor matching
+accuracy on the warped pairs of the validation batches (fixed seed): keypoints are detected on
+both images with the configured post-processing (``models.frontend``), matched as mutual nearest
+neighbours of their descriptors, and a match is correct when the keypoint of A, warped by the
+known homography, lands within ``model.descriptor_validation.match_distance`` pixels of its match.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from datasets.augmentation import Randomness
+from evaluations.keypoint_detection import DetectionAccumulator
+from models.frontend import Frontend, FrontendOutput, keypoint_settings
+from training.descriptor_losses import dense_descriptor_loss, sample_sparse_pairs, sparse_descriptor_loss
+from training.magicpoint import DetectorTask
+from utils.config import ConfigError
+from utils.geometry import warp_points
+
+
+def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.Tensor,
+                      mask_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours by descriptor similarity, batched over padded keypoint sets.
+
+    Args:
+        desc_a ``B x Ka x D``, mask_a ``B x Ka`` bool; desc_b ``B x Kb x D``, mask_b ``B x Kb``.
+    Returns:
+        (``B x Ka`` index of each A keypoint's nearest neighbour in B, ``B x Ka`` bool: the pair
+        is mutual and both keypoints are real).
+    """
+    B, Ka = desc_a.shape[:2]
+    Kb = desc_b.shape[1]
+    if Ka == 0 or Kb == 0:
+        return (torch.zeros(B, Ka, dtype=torch.long, device=desc_a.device),
+                torch.zeros(B, Ka, dtype=torch.bool, device=desc_a.device))
+    sim = torch.bmm(desc_a.float(), desc_b.float().transpose(1, 2))
+    sim = sim.masked_fill(~(mask_a.unsqueeze(2) & mask_b.unsqueeze(1)), float("-inf"))
+    ab = sim.argmax(dim=2)  # B Ka
+    ba = sim.argmax(dim=1)  # B Kb
+    mutual = ba.gather(1, ab) == torch.arange(Ka, device=desc_a.device).unsqueeze(0)
+    return ab, mutual & mask_a & mask_b.gather(1, ab)
+
+
+def matching_counts(out_a: FrontendOutput, out_b: FrontendOutput, homography: torch.Tensor,
+                    distance: float) -> tuple[int, int]:
+    """(correct, total) mutual nearest-neighbour matches of a batch of pairs (A -> B homographies)."""
+    ka, kb = out_a.keypoints, out_b.keypoints
+    ab, mutual = mutual_nn_matches(out_a.descriptors, ka.mask, out_b.descriptors, kb.mask)
+    if ab.shape[1] == 0:
+        return 0, 0
+    warped = warp_points(ka.points.double(), homography.to(ka.points.device).double())
+    target = kb.points.double().gather(1, ab.unsqueeze(-1).expand(-1, -1, 2))
+    err = torch.linalg.norm(warped - target, dim=-1)
+    correct = mutual & (err <= distance)
+    return int(correct.sum()), int(mutual.sum())
+
+
+def matches_overlay(image_a: torch.Tensor, image_b: torch.Tensor, out_a: FrontendOutput, out_b: FrontendOutput,
+                    homography: torch.Tensor, distance: float) -> np.ndarray:
+    """A and B side by side (``H x 2W x 3`` uint8) with their mutual matches: green correct, red wrong."""
+    import cv2
+
+    def gray(img):
+        g = (img.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+        return np.stack([g] * 3, axis=-1)
+
+    rgb = np.ascontiguousarray(np.concatenate([gray(image_a), gray(image_b)], axis=1))
+    w = image_a.shape[-1]
+    ka, kb = out_a.keypoints, out_b.keypoints
+    ab, mutual = mutual_nn_matches(out_a.descriptors[:1], ka.mask[:1], out_b.descriptors[:1], kb.mask[:1])
+    if ab.shape[1] == 0:
+        return rgb
+    pa = ka.points[0].double()
+    pb = kb.points[0].double()[ab[0]]
+    err = torch.linalg.norm(warp_points(pa, homography[0].to(pa.device).double()) - pb, dim=-1)
+    for i in torch.nonzero(mutual[0]).flatten().tolist():
+        color = (0, 255, 0) if float(err[i]) <= distance else (255, 0, 0)
+        xa, ya = (int(round(v)) for v in pa[i].tolist())
+        xb, yb = (int(round(v)) for v in pb[i].tolist())
+        cv2.line(rgb, (xa, ya), (xb + w, yb), color, 1)
+    return rgb
+
+
+class SuperPointTask(DetectorTask):
+    """Joint training: detector loss on both images of each pair plus the descriptor loss."""
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        m = self.model_cfg
+        if not (self.data_cfg.get("warped_pair") or {}).get("enable", False):
+            raise ConfigError("data.warped_pair.enable: joint training needs image pairs; set it to true")
+        self.lambda_loss = float(m.get("lambda_loss", 0.0))
+        dense = bool((m.get("dense_loss") or {}).get("enable", False))
+        sparse = bool((m.get("sparse_loss") or {}).get("enable", False))
+        if dense and sparse:
+            raise ConfigError("model.dense_loss.enable and model.sparse_loss.enable are both true; "
+                              "enable one descriptor loss")
+        if self.lambda_loss > 0 and not (dense or sparse):
+            raise ConfigError("model.lambda_loss > 0 but no descriptor loss is enabled "
+                              "(set model.dense_loss.enable or model.sparse_loss.enable)")
+        self.descriptor_loss_kind = None if self.lambda_loss == 0 else ("dense" if dense else "sparse")
+        self.dense_params = dict((m.get("dense_loss") or {}).get("params") or {})
+        self.sparse_params = dict((m.get("sparse_loss") or {}).get("params") or {})
+        if self.descriptor_loss_kind == "sparse":
+            if self.sparse_params.get("dist", "cos") not in ("cos", "l2"):
+                raise ConfigError(f"model.sparse_loss.params.dist: expected cos or l2, "
+                                  f"got {self.sparse_params.get('dist')!r}")
+            if self.sparse_params.get("method", "2d") not in ("1d", "2d"):
+                raise ConfigError(f"model.sparse_loss.params.method: expected 1d or 2d, "
+                                  f"got {self.sparse_params.get('method')!r}")
+        # without a descriptor loss the descriptor head gets no gradient
+        self.unused_parameters = self.descriptor_loss_kind is None
+        self.match_distance = float((m.get("descriptor_validation") or {}).get("match_distance", 3.0))
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, batch: dict, training: bool, rng: Randomness, device: torch.device) -> dict:
+        prepared = super().prepare(batch, training, rng, device)
+        if training and self.descriptor_loss_kind == "sparse":
+            p = self.sparse_params
+            prepared["sparse_pairs"] = sample_sparse_pairs(
+                prepared["homography"], prepared["image"].shape[-2:], int(p.get("num_matching_attempts", 1000)),
+                int(p.get("num_masked_non_matches_per_match", 100)), rng,
+                valid_mask=prepared["valid_mask"], warped_valid_mask=prepared["warped_valid_mask"])
+        return prepared
+
+    # ------------------------------------------------------------------ loss
+    def descriptor_loss(self, outs: dict, prepared: dict) -> tuple[torch.Tensor, dict]:
+        desc, wdesc = outs[""]["desc"], outs["warped_"]["desc"]
+        if self.descriptor_loss_kind == "dense":
+            p = self.dense_params
+            return dense_descriptor_loss(
+                desc, wdesc, prepared["homography"], prepared["warped_valid_mask"], prepared["valid_mask"],
+                lambda_d=float(p.get("lambda_d", 800.0)), positive_margin=float(p.get("positive_margin", 1.0)),
+                negative_margin=float(p.get("negative_margin", 0.2)),
+                descriptor_dist=float(p.get("descriptor_dist", 8.0)), chunk_size=int(p.get("chunk_size", 0)))
+        if "sparse_pairs" not in prepared:
+            raise ValueError("sparse descriptor loss: the batch has no sampled pairs "
+                             "(prepare it with training=True)")
+        p = self.sparse_params
+        return sparse_descriptor_loss(desc, wdesc, prepared["sparse_pairs"], lamda_d=float(p.get("lamda_d", 1.0)),
+                                      dist=str(p.get("dist", "cos")), method=str(p.get("method", "2d")))
+
+    def loss(self, model, prepared: dict):
+        loss, logs, outs = self.detector_losses(model, prepared)
+        if self.descriptor_loss_kind is not None:
+            dloss, dlogs = self.descriptor_loss(outs, prepared)
+            loss = loss + self.lambda_loss * dloss
+            logs.update({"loss_desc": dloss.detach(), "loss_desc_pos": dlogs["pos"], "loss_desc_neg": dlogs["neg"]})
+        return loss, logs
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, model, batches, device: torch.device) -> dict:
+        acc = DetectionAccumulator(distance=2.0)
+        rng = Randomness.from_seed(0, device)
+        frontend = Frontend(model, **keypoint_settings(self.model_cfg))
+        correct = total = images = 0
+        for batch in batches:
+            prepared = self.prepare(batch, False, rng, device)
+            self.validate_detections(acc, model, prepared)
+            c, t = matching_counts(frontend(prepared["image"]), frontend(prepared["warped_image"]),
+                                   prepared["homography"], self.match_distance)
+            correct, total, images = correct + c, total + t, images + prepared["image"].shape[0]
+        metrics = self.detection_metrics(acc)
+        metrics["matching_accuracy"] = correct / total if total else 0.0
+        metrics["matches_per_image"] = total / images if images else 0.0
+        return metrics
+
+    def show(self, model, prepared: dict) -> dict:
+        images = super().show(model, prepared)
+        frontend = Frontend(model, **keypoint_settings(self.model_cfg))
+        a = frontend(prepared["image"][:1])
+        b = frontend(prepared["warped_image"][:1])
+        images["matches"] = matches_overlay(prepared["image"][0, 0], prepared["warped_image"][0, 0], a, b,
+                                            prepared["homography"][:1], self.match_distance)
+        return images
