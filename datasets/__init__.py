@@ -50,8 +50,20 @@ def dataset_class(name: str):
     return getattr(mod, cls)
 
 
-def get_dataset(config: dict, split: str):
-    """The dataset named by ``config['data']['dataset']`` for ``split`` (train | val | test)."""
+def get_dataset(config: dict, split: str, pairs: bool = False):
+    """The dataset named by ``config['data']['dataset']`` for ``split`` (train | val | test).
+
+    ``pairs=True`` (descriptor exports): a single-image dataset with ``data.warped_pair.enable``
+    gives items with a reproducible ``warped_image`` and ``homography`` (``datasets.pairs``). In
+    training, pairs are made on the batch instead.
+    """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
-    return dataset_class(config["data"]["dataset"])(config, split)
+    cls = dataset_class(config["data"]["dataset"])
+    dataset = cls(config, split)
+    pair = config["data"].get("warped_pair") or {}
+    if pairs and pair.get("enable", False) and not getattr(cls, "provides_pairs", False):
+        from datasets.pairs import PairedDataset
+
+        dataset = PairedDataset(dataset, config["data"], seed=int(config.get("seed", 0)))
+    return dataset

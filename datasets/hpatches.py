@@ -162,6 +162,8 @@ class HPatches(Dataset):
     ``name`` (sequence folder name) and ``pair_index`` (k).
     """
 
+    provides_pairs = True  # items are pairs already (see datasets.get_dataset)
+
     def __init__(self, config: dict, split: str = "test"):
         data = config.get("data", {})
         self.root = resolve_root(data.get("root"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from datasets.augmentation import Randomness, photometric_augmentation, random_warp
-from utils.geometry import inside_image, warp_image, warp_points, warped_valid_mask
+from utils.geometry import inside_image, sample_homography, warp_image, warp_points, warped_valid_mask
 from utils.keypoints import gaussian_label_map, keypoints_to_map
 
 
@@ -70,7 +70,10 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
         if seg is not None:
             seg = _warp_seg(seg, Hs, size, valid, ignore_index)
 
-    out = {"image": image, "valid_mask": valid, **_labels(pts, kmask, size, data_cfg)}
+    # has_labels: whether the items carried keypoint labels at all (an empty map then means "no
+    # keypoint here"; without labels it means nothing and the detector loss is skipped)
+    out = {"image": image, "valid_mask": valid, "has_labels": "keypoints" in batch,
+           **_labels(pts, kmask, size, data_cfg)}
     if seg is not None:
         out["seg"] = seg
 
@@ -97,3 +100,35 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
         if "warped_image" in out:
             out["warped_image"] = photometric_augmentation(out["warped_image"], photo, rng)
     return out
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """A single-image dataset turned into image pairs for descriptor exports.
+
+    Item i gets ``warped_image`` (its image warped by a homography drawn from
+    ``data.warped_pair.params`` with a seed fixed by (seed, i)), ``homography`` (3 x 3 float64,
+    image -> warped_image) and, when the item has ``seg``, ``warped_seg`` (ignore label where the
+    warped image shows nothing). Exports of the same config are therefore reproducible.
+    """
+
+    def __init__(self, dataset, data_cfg: dict, seed: int = 0):
+        self.dataset = dataset
+        self.pair_cfg = data_cfg["warped_pair"]
+        self.ignore_index = int((data_cfg.get("segmentation") or {}).get("ignore_index", 255))
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        image = item["image"].float()
+        size = tuple(image.shape[-2:])
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
+        H = sample_homography(1, size, self.pair_cfg["params"], generator=g)
+        item["warped_image"] = warp_image(image[None], H, size)[0]
+        item["homography"] = H[0].double()
+        if "seg" in item:
+            valid = warped_valid_mask(H, size, size)
+            item["warped_seg"] = _warp_seg(item["seg"][None], H, size, valid, self.ignore_index)[0]
+        return item

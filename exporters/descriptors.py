@@ -12,34 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import settings
 from models import build_model, load_weights
+from training.checkpoints import resolve_pretrained
 from models.frontend import Frontend, keypoint_settings
 from utils.cli import UserError, autocast_dtype, resolve_device
+from utils.segmentation_labels import class_ids
 
 from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
                                    prepare_output_dirs, save_prediction, save_preview)
-
-
-def resolve_pretrained(config: dict, task: str = "export_descriptor") -> Path:
-    """The weights file named by ``pretrained`` (absolute, or relative to the working directory,
-    EXPER_PATH or the repository root)."""
-    value = config.get("pretrained")
-    if not value:
-        raise UserError(f"pretrained: {task} needs trained weights; set pretrained: <file> in the config "
-                        f"or --set pretrained=<file> (e.g. pretrained/superpoint_v1.pth)")
-    path = Path(str(value)).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, settings.exper_path() / path,
-                                                     settings.REPO_ROOT / path]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise UserError(f"pretrained: weights file '{value}' not found (looked in "
-                    f"{', '.join(str(c) for c in dict.fromkeys(candidates))})")
 
 
 def export_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -55,7 +40,21 @@ def build_frontend(config: dict) -> Frontend:
     load_weights(model, weights, strict=True, weights_only=bool(config.get("weights_only", True)))
     model.to(device).eval()
     return Frontend(model, **keypoint_settings(config["model"]),
-                    autocast_dtype=export_precision(config.get("precision", "auto"), device))
+                    autocast_dtype=export_precision(config.get("precision", "auto"), device),
+                    drop_classes=dropped_classes(config))
+
+
+def dropped_classes(config: dict) -> list[int]:
+    """Ids of ``model.segmentation_head.drop_keypoints_on`` (names or ids of the label set)."""
+    seg = config["model"].get("segmentation_head") or {}
+    wanted = seg.get("drop_keypoints_on") or []
+    if not wanted:
+        return []
+    if not seg.get("enable", False):
+        raise UserError("model.segmentation_head.drop_keypoints_on needs a segmentation head "
+                        "(model.segmentation_head.enable: true)")
+    label_set = (config["data"].get("segmentation") or {}).get("label_set", "cs34")
+    return class_ids(label_set, wanted)
 
 
 def segmentation_ids(seg_logits: torch.Tensor, size) -> torch.Tensor:
@@ -103,6 +102,10 @@ def run(config: dict, export_dir: Path, args) -> int:
         record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
         if with_seg:
             record["seg"], record["warped_seg"] = first["seg"], second["seg"]
+            # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
+            for key in ("seg", "warped_seg"):
+                if key in item:
+                    record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
         save_prediction(predictions_dir, index, record)
         if output_images:
             save_preview(images_dir, index, record)

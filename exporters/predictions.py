@@ -52,7 +52,8 @@ def prepare_output_dirs(export_dir: Path, images: bool = False) -> tuple[Path, P
 
 def pair_dataset(config: dict):
     """The configured dataset, checked to give image pairs with a homography."""
-    dataset = get_dataset(config, "test")
+    # HPatches ignores the split; single-image datasets export `data.export_folder`
+    dataset = get_dataset(config, str(config["data"].get("export_folder", "test")), pairs=True)
     if len(dataset) == 0:
         raise UserError(f"data.dataset '{config['data']['dataset']}': the dataset is empty")
     first = dataset[0]

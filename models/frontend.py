@@ -31,6 +31,19 @@ def keypoint_settings(model_config: dict) -> dict:
     }
 
 
+def keep_mask(raw: dict, drop_classes: list[int], size) -> torch.Tensor:
+    """``B x 1 x H x W`` float, 0 where the segmentation head predicts one of ``drop_classes``."""
+    if "seg" not in raw:
+        raise ValueError("keypoints on segmentation classes can only be dropped by a model with a "
+                         "segmentation head (model.segmentation_head.enable: true)")
+    seg = raw["seg"]
+    if tuple(seg.shape[-2:]) != tuple(size):
+        seg = torch.nn.functional.interpolate(seg.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    ids = seg.argmax(dim=1, keepdim=True)
+    drop = torch.isin(ids, torch.tensor(drop_classes, device=ids.device))
+    return (~drop).float()
+
+
 @dataclass
 class FrontendOutput:
     keypoints: Keypoints          # points B x K x 2, scores B x K, mask B x K
@@ -44,7 +57,7 @@ class Frontend:
 
     def __init__(self, model: torch.nn.Module, detection_threshold: float = 0.015, nms_radius: int = 4,
                  border: int = 4, top_k: int | None = None, subpixel: bool = False, patch_size: int = 5,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, drop_classes: list[int] | None = None):
         self.model = model
         self.detection_threshold = detection_threshold
         self.nms_radius = nms_radius
@@ -53,6 +66,8 @@ class Frontend:
         self.subpixel = subpixel
         self.patch_size = patch_size
         self.autocast_dtype = autocast_dtype
+        # segmentation classes on which keypoints are not wanted (sky, moving objects, ...)
+        self.drop_classes = sorted(set(int(c) for c in drop_classes)) if drop_classes else []
 
     @property
     def device(self) -> torch.device:
@@ -67,6 +82,8 @@ class Frontend:
         else:
             raw = self.model(images)
         heat = semi_to_heatmap(raw["semi"])
+        if self.drop_classes:
+            heat = heat * keep_mask(raw, self.drop_classes, heat.shape[-2:])
         kp = extract_keypoints(heat, self.detection_threshold, self.nms_radius, self.border,
                                self.top_k, self.subpixel, self.patch_size)
         desc = sample_descriptors(raw["desc"].float(), kp.points)

@@ -68,3 +68,9 @@ def test_every_shipped_config_loads():
     from pathlib import Path
     for p in sorted(Path("configs").glob("*.yaml")):
         load_config(p)
+
+
+def test_override_checks_types_against_defaults_not_the_file(tmp_path):
+    # the file sets a string where the default is null ("any"); --set may reset it to null
+    p = write(tmp_path, "pretrained: some/weights.pth\n")
+    assert load_config(p, ["pretrained=null"])["pretrained"] is None

@@ -68,3 +68,31 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict:
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise ValueError(f"{path}: not a training checkpoint (no 'model_state_dict')")
     return obj
+
+
+def resolve_pretrained(config: dict, task: str = "export_descriptor") -> Path:
+    """The weights file named by the config's ``pretrained`` key.
+
+    A relative path is looked up in the working directory, then EXPER_PATH, then the repository
+    root. A folder (an experiment folder or its ``checkpoints/``) means its latest checkpoint.
+    """
+    import settings
+    from utils.cli import UserError
+
+    value = config.get("pretrained")
+    if not value:
+        raise UserError(f"pretrained: {task} needs trained weights; set pretrained: <file> in the config "
+                        f"or --set pretrained=<file> (e.g. pretrained/superpoint_v1.pth)")
+    path = Path(str(value)).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, settings.exper_path() / path,
+                                                     settings.REPO_ROOT / path]
+    for c in candidates:
+        if c.is_file():
+            return c
+        if c.is_dir():
+            latest = latest_checkpoint(c / "checkpoints") or latest_checkpoint(c)
+            if latest is None:
+                raise UserError(f"pretrained: folder '{c}' holds no superPointNet_<iter>_checkpoint.pth.tar")
+            return latest
+    raise UserError(f"pretrained: weights file '{value}' not found (looked in "
+                    f"{', '.join(str(c) for c in dict.fromkeys(candidates))})")

@@ -79,6 +79,11 @@ class DetectorTask:
 
     def detector_losses(self, model, prepared: dict) -> tuple[torch.Tensor, dict, dict]:
         outs = self.forward_pair(model, prepared)
+        loss, logs = self.detector_losses_of(outs, prepared)
+        return loss, logs, outs
+
+    def detector_losses_of(self, outs: dict, prepared: dict) -> tuple[torch.Tensor, dict]:
+        """Detector loss on the image (and on the warped image) from the network's outputs."""
         loss = detector_loss(outs[""]["semi"], self._label(prepared), prepared["valid_mask"])
         logs = {"loss_det": loss.detach()}
         if "warped_" in outs:
@@ -86,7 +91,7 @@ class DetectorTask:
                                   prepared["warped_valid_mask"])
             logs["loss_det_warp"] = wloss.detach()
             loss = loss + wloss
-        return loss, logs, outs
+        return loss, logs
 
     def loss(self, model, prepared: dict):
         loss, logs, _ = self.detector_losses(model, prepared)

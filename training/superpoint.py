@@ -25,9 +25,12 @@ from datasets.augmentation import Randomness
 from evaluations.keypoint_detection import DetectionAccumulator
 from models.frontend import Frontend, FrontendOutput, keypoint_settings
 from training.descriptor_losses import dense_descriptor_loss, sample_sparse_pairs, sparse_descriptor_loss
+from evaluations.segmentation import confusion_matrix, scores_from_confusion
+from training.losses_segmentation import segmentation_loss
 from training.magicpoint import DetectorTask
 from utils.config import ConfigError
 from utils.geometry import warp_points
+from utils.segmentation_labels import num_classes
 
 
 def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.Tensor,
@@ -120,9 +123,25 @@ class SuperPointTask(DetectorTask):
             if self.sparse_params.get("method", "2d") not in ("1d", "2d"):
                 raise ConfigError(f"model.sparse_loss.params.method: expected 1d or 2d, "
                                   f"got {self.sparse_params.get('method')!r}")
-        # without a descriptor loss the descriptor head gets no gradient
-        self.unused_parameters = self.descriptor_loss_kind is None
         self.match_distance = float((m.get("descriptor_validation") or {}).get("match_distance", 3.0))
+
+        seg = m.get("segmentation_head") or {}
+        self.segmentation = bool(seg.get("enable", False))
+        seg_data = self.data_cfg.get("segmentation") or {}
+        self.ignore_index = int(seg_data.get("ignore_index", 255))
+        if self.segmentation:
+            label_set = str(seg_data.get("label_set", "cs34"))
+            expected = num_classes(label_set)
+            if int(seg["num_classes"]) != expected:
+                raise ConfigError(f"model.segmentation_head.num_classes is {seg['num_classes']} but "
+                                  f"data.segmentation.label_set '{label_set}' has {expected} classes")
+            self.seg_weight = float(seg.get("loss_weight", 1.0))
+        # Items without keypoint labels (e.g. Cityscapes with data.labels unset) train only the
+        # descriptor and segmentation heads: the detector loss is skipped for them.
+        may_lack_labels = self.data_cfg.get("labels") is None and \
+            self.data_cfg.get("dataset") not in ("synthetic_shapes", "SyntheticDataset_gaussian", "SyntheticDataset")
+        # parameters without gradient in some steps: DDP must be told
+        self.unused_parameters = self.descriptor_loss_kind is None or may_lack_labels
 
     # ------------------------------------------------------------------ data
     def prepare(self, batch: dict, training: bool, rng: Randomness, device: torch.device) -> dict:
@@ -152,12 +171,31 @@ class SuperPointTask(DetectorTask):
         return sparse_descriptor_loss(desc, wdesc, prepared["sparse_pairs"], lamda_d=float(p.get("lamda_d", 1.0)),
                                       dist=str(p.get("dist", "cos")), method=str(p.get("method", "2d")))
 
+    def segmentation_loss(self, outs: dict, prepared: dict) -> torch.Tensor:
+        """Cross entropy of the segmentation head on both images of the pair (ignore label outside
+        each image's valid area)."""
+        if "seg" not in prepared:
+            raise ConfigError(f"model.segmentation_head.enable: dataset '{self.data_cfg['dataset']}' gives no "
+                              f"segmentation labels (use cityscapes, or coco_panoptic with load_panoptic: true)")
+        loss = segmentation_loss(outs[""]["seg"], prepared["seg"], self.ignore_index)
+        if "warped_seg" in prepared:
+            loss = loss + segmentation_loss(outs["warped_"]["seg"], prepared["warped_seg"], self.ignore_index)
+        return loss
+
     def loss(self, model, prepared: dict):
-        loss, logs, outs = self.detector_losses(model, prepared)
+        outs = self.forward_pair(model, prepared)
+        if prepared.get("has_labels", True):
+            loss, logs = self.detector_losses_of(outs, prepared)
+        else:
+            loss, logs = outs[""]["semi"].sum() * 0.0, {}
         if self.descriptor_loss_kind is not None:
             dloss, dlogs = self.descriptor_loss(outs, prepared)
             loss = loss + self.lambda_loss * dloss
             logs.update({"loss_desc": dloss.detach(), "loss_desc_pos": dlogs["pos"], "loss_desc_neg": dlogs["neg"]})
+        if self.segmentation:
+            sloss = self.segmentation_loss(outs, prepared)
+            loss = loss + self.seg_weight * sloss
+            logs["loss_seg"] = sloss.detach()
         return loss, logs
 
     # ------------------------------------------------------------------ validation
@@ -166,16 +204,33 @@ class SuperPointTask(DetectorTask):
         rng = Randomness.from_seed(0, device)
         frontend = Frontend(model, **keypoint_settings(self.model_cfg))
         correct = total = images = 0
+        has_labels = False
+        confusion = None
         for batch in batches:
             prepared = self.prepare(batch, False, rng, device)
-            self.validate_detections(acc, model, prepared)
-            c, t = matching_counts(frontend(prepared["image"]), frontend(prepared["warped_image"]),
+            if prepared.get("has_labels", True):
+                has_labels = True
+                self.validate_detections(acc, model, prepared)
+            out_a = frontend(prepared["image"])
+            c, t = matching_counts(out_a, frontend(prepared["warped_image"]),
                                    prepared["homography"], self.match_distance)
             correct, total, images = correct + c, total + t, images + prepared["image"].shape[0]
-        metrics = self.detection_metrics(acc)
+            if self.segmentation and "seg" in prepared:
+                cm = self.segmentation_confusion(out_a.raw["seg"], prepared["seg"])
+                confusion = cm if confusion is None else confusion + cm
+        metrics = self.detection_metrics(acc) if has_labels else {}
         metrics["matching_accuracy"] = correct / total if total else 0.0
         metrics["matches_per_image"] = total / images if images else 0.0
+        if confusion is not None:
+            scores = scores_from_confusion(confusion)
+            metrics["mIoU"] = float(scores["mIoU"])
+            metrics["pixel_accuracy"] = float(scores["pixel_accuracy"])
         return metrics
+
+    def segmentation_confusion(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """Confusion counts of a batch (see ``evaluations.segmentation.confusion_matrix``)."""
+        pred = logits.argmax(dim=1).cpu().numpy()
+        return confusion_matrix(pred, target.cpu().numpy(), range(logits.shape[1]), self.ignore_index)
 
     def show(self, model, prepared: dict) -> dict:
         images = super().show(model, prepared)

@@ -36,7 +36,7 @@ import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
 from models import build_model, extract_state_dict, load_weights
-from training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoints import latest_checkpoint, load_checkpoint, resolve_pretrained, save_checkpoint
 from training.sampler import ResumableBatchSampler
 from utils.cli import UserError, autocast_dtype, resolve_device
 from utils.config import dump_config
@@ -176,7 +176,7 @@ class Trainer:
             self.n_iter = int(ck.get("n_iter", 0))
             self._log(f"resuming from {resume} (iteration {self.n_iter})")
         elif self.config.get("pretrained"):
-            path = Path(self.config["pretrained"])
+            path = resolve_pretrained(self.config, "pretrained")
             obj = load_weights(self.net, path, strict=False, weights_only=weights_only)
             self._report_partial_load(path, obj)
             if not self.config.get("reset_iter", True) and isinstance(obj, dict) and "n_iter" in obj:

@@ -72,11 +72,13 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
     return copy.deepcopy(value)
 
 
-def merge_strict(base: dict, update: dict, source: str, prefix: str = "") -> dict:
+def merge_strict(base: dict, update: dict, source: str, prefix: str = "", schema: dict | None = None) -> dict:
     """Merge ``update`` over ``base`` (both nested dicts), returning a new dict.
 
-    ``base`` is the defaults tree; any key of ``update`` absent from it is an error.
+    Keys and types are checked against ``schema`` (the defaults tree; by default ``base``
+    itself): any key of ``update`` absent from it is an error.
     """
+    schema = base if schema is None else schema
     if not isinstance(update, dict):
         where = f"'{prefix[:-1]}'" if prefix else "the top level"
         raise ConfigError(f"{source}: {where} must be a mapping, got {_type_name(update)} {update!r}")
@@ -85,11 +87,11 @@ def merge_strict(base: dict, update: dict, source: str, prefix: str = "") -> dic
         full = f"{prefix}{key}"
         if not isinstance(key, str):
             raise ConfigError(f"{source}: key {key!r} under '{prefix[:-1] or 'top level'}' must be a string")
-        if key not in base:
+        if key not in schema:
             hint = f"; use '{RENAMED_KEYS[full]}' instead" if full in RENAMED_KEYS else ""
-            known = ", ".join(sorted(base)) or "none"
+            known = ", ".join(sorted(schema)) or "none"
             raise ConfigError(f"{source}: unknown key '{full}'{hint} (known keys here: {known})")
-        default = base[key]
+        default = schema[key]
         if isinstance(default, dict):
             if value is None:  # an empty section in YAML ("augmentation:") keeps the defaults
                 continue
@@ -98,7 +100,7 @@ def merge_strict(base: dict, update: dict, source: str, prefix: str = "") -> dic
                     raise ConfigError(f"{source}: key '{full}' must be a mapping, got {_type_name(value)} {value!r}")
                 out[key] = copy.deepcopy(value)
             else:
-                out[key] = merge_strict(default, value, source, f"{full}.")
+                out[key] = merge_strict(base.get(key, default), value, source, f"{full}.", schema=default)
         else:
             out[key] = _coerce(default, value, full, source)
     return out
@@ -172,12 +174,13 @@ def _nest(keys: list[str], value: Any) -> dict:
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults: dict | None = None) -> dict:
     """Defaults, then the YAML file at ``path`` (if any), then each ``KEY=VALUE`` override."""
-    config = copy.deepcopy(defaults) if defaults is not None else load_defaults()
+    schema = copy.deepcopy(defaults) if defaults is not None else load_defaults()
+    config = schema
     if path is not None:
-        config = merge_strict(config, read_yaml(path), str(path))
+        config = merge_strict(config, read_yaml(path), str(path), schema=schema)
     for text in overrides:
         keys, value = parse_override(text)
-        config = merge_strict(config, _nest(keys, value), f"--set {text}")
+        config = merge_strict(config, _nest(keys, value), f"--set {text}", schema=schema)
     return config
 
 

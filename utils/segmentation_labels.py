@@ -275,3 +275,27 @@ def read_categories(path) -> list[dict]:
         raise ValueError(f"{path}: expected a list of categories with 'id' and 'name' "
                          f"(or a dict with such a 'categories' list)")
     return data
+
+
+def class_ids(label_set: str, names_or_ids, key: str = "model.segmentation_head.drop_keypoints_on") -> list[int]:
+    """Class ids of ``label_set`` from a list of class names (case-insensitive) or ids.
+
+    Raises ValueError naming ``key`` for an unknown name or an id out of range.
+    """
+    table = classes(label_set)
+    by_name = {c.name.lower(): c.id for c in table}
+    valid_ids = {c.id for c in table}
+    out = []
+    for v in names_or_ids or []:
+        if isinstance(v, bool):
+            raise ValueError(f"{key}: {v!r} is not a class name or id")
+        if isinstance(v, int):
+            if v not in valid_ids:
+                raise ValueError(f"{key}: class id {v} is not in label set {label_set}")
+            out.append(v)
+        elif str(v).lower() in by_name:
+            out.append(by_name[str(v).lower()])
+        else:
+            raise ValueError(f"{key}: unknown class {v!r} in label set {label_set} "
+                             f"(known: {', '.join(c.name for c in table)})")
+    return sorted(set(out))

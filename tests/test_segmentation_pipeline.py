@@ -1,0 +1,125 @@
+"""Segmentation end to end: joint training with the head on the real Cityscapes frame, export with
+--export-segmentation, evaluation.py --evaluate-segmentation; and dropping keypoints by class."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import settings
+from models import build_model
+from models.frontend import Frontend
+from training.checkpoints import latest_checkpoint, load_checkpoint
+from training.losses_segmentation import segmentation_loss
+from training.superpoint import SuperPointTask
+from training.trainer import Trainer
+from utils.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cityscapes_root(shared_data: Path, tmp_path: Path) -> Path:
+    """The real sample frame as both the train and the val split of a Cityscapes tree."""
+    src = shared_data / "cityscapes_sample"
+    root = tmp_path / "Cityscapes"
+    for split in ("train", "val"):
+        for kind in ("leftImg8bit", "gtFine"):
+            d = root / kind / split / "frankfurt"
+            d.mkdir(parents=True)
+            for f in (src / kind / "val" / "frankfurt").iterdir():
+                (d / f.name).symlink_to(f)
+    return root
+
+
+def overrides(root):
+    return [f"data.root={root}", "data.preprocessing.resize=[128, 256]", "model.batch_size=1",
+            "model.eval_batch_size=1", "model.learning_rate=0.001", "pretrained=null", "num_workers=0",
+            "precision=fp32", "device=cpu", "train_iter=15", "save_interval=15", "validation_interval=15",
+            "validation_size=1", "tensorboard_interval=5", "train_show_interval=100",
+            "model.sparse_loss.params.num_matching_attempts=100",
+            "model.sparse_loss.params.num_masked_non_matches_per_match=10"]
+
+
+def seg_loss_of(state_dict, config, image, seg):
+    model = build_model(config["model"])
+    model.load_state_dict(state_dict)
+    model.eval()
+    with torch.no_grad():
+        return float(segmentation_loss(model(image)["seg"], seg, 255))
+
+
+def test_train_export_evaluate_on_real_cityscapes(shared_data, tmp_path):
+    torch.set_num_threads(1)
+    root = cityscapes_root(shared_data, tmp_path)
+    cfg = load_config(REPO / "configs/superpoint_cityscapes_finetune.yaml", overrides(root))
+    task = SuperPointTask(cfg)
+    train_set, _ = task.datasets()
+    item = train_set[0]
+    assert item["seg"].shape == (128, 256)
+
+    torch.manual_seed(int(cfg["seed"]))  # the trainer's initial weights
+    initial = build_model(cfg["model"]).state_dict()
+    metrics = Trainer(cfg, "cs_seg", task, do_eval=True).train()
+    assert 0.0 <= metrics["mIoU"] <= 1.0 and "matching_accuracy" in metrics
+    ck = load_checkpoint(latest_checkpoint(settings.exper_path() / "cs_seg" / "checkpoints"))
+    before = seg_loss_of(initial, cfg, item["image"][None], item["seg"][None])
+    after = seg_loss_of(ck["model_state_dict"], cfg, item["image"][None], item["seg"][None])
+    assert after < 0.7 * before, (before, after)
+
+    # export with segmentation, then evaluate it
+    env_run = dict(cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "export.py", "export_descriptor", "configs/superpoint_cityscapes_export.yaml",
+                        "cs_export", "--export-segmentation", "--set", f"data.root={root}",
+                        "--set", "data.preprocessing.resize=[128, 256]", "--set", "pretrained=cs_seg",
+                        "--set", "device=cpu"], **env_run)
+    assert r.returncode == 0, r.stderr
+    pred = settings.exper_path() / "cs_export" / "predictions"
+    npz = np.load(pred / "0.npz")
+    assert npz["seg"].shape == npz["seg_gt"].shape == (128, 256)
+    assert npz["warped_image"].shape == (128, 256) and npz["homography"].shape == (3, 3)
+    assert np.array_equal(npz["seg_gt"], item["seg"].numpy())
+    r = subprocess.run([sys.executable, "evaluation.py", str(pred), "--evaluate-segmentation", "--outputImg"],
+                       **env_run)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((pred / "segmentation_results.json").read_text())
+    assert 0.0 <= res["mIoU"] <= 1.0 and res["num_images"] == 1
+    assert any((pred / "segmentation").glob("*_pred.png"))
+
+
+class SkyTopModel(torch.nn.Module):
+    """Keypoint logits everywhere; segmentation says 'sky' (cs34 id 23) on the top half."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        semi = torch.full((B, 65, H // 8, W // 8), -5.0)
+        semi[:, 27] = 5.0  # a strong keypoint in the middle of every cell
+        seg = torch.zeros(B, 34, H, W)
+        seg[:, 7] = 1.0
+        seg[:, 23, :, :, ][:, : H // 2] = 2.0
+        return {"semi": semi, "desc": torch.nn.functional.normalize(torch.ones(B, 8, H // 8, W // 8), dim=1),
+                "seg": seg}
+
+
+def test_keypoints_on_dropped_classes_are_removed():
+    img = torch.zeros(1, 1, 64, 64)
+    keep_all = Frontend(SkyTopModel(), detection_threshold=0.1, nms_radius=2, border=0)(img)
+    no_sky = Frontend(SkyTopModel(), detection_threshold=0.1, nms_radius=2, border=0, drop_classes=[23])(img)
+    y_all = keep_all.keypoints.points[0][keep_all.keypoints.mask[0]][:, 1]
+    y_kept = no_sky.keypoints.points[0][no_sky.keypoints.mask[0]][:, 1]
+    assert (y_all < 32).any() and len(y_kept) > 0
+    assert (y_kept >= 32).all() and len(y_kept) == int((y_all >= 32).sum())
+
+
+def test_drop_class_names_resolve_and_bad_names_fail():
+    from utils.segmentation_labels import class_ids
+    assert class_ids("cs34", ["sky", "Person", 26]) == [23, 24, 26]
+    assert class_ids("cs4", ["sky", "dynamic"]) == [2, 3]
+    with pytest.raises(ValueError, match="drop_keypoints_on.*unknown class 'skyy'"):
+        class_ids("cs34", ["skyy"])
