@@ -341,61 +341,67 @@ class Trainer:
         bar = tqdm(total=total, initial=self.n_iter, desc=self.name, disable=not self.is_main, dynamic_ncols=True)
         clip = float(cfg["model"].get("grad_clip", 0.0))
         stopped = False
-        with _StopFlag() as stop:
-            for batch in self.train_loader:
-                rng = self._step_randomness(len(batch["image"]))
-                prepared = self.task.prepare(batch, True, rng, self.device)
-                with self._autocast():
-                    loss, logs = self.task.loss(self.model, prepared)
-                # every process learns whether any has a non-finite loss or was asked to stop
-                bad, stopping = self._agree([not bool(torch.isfinite(loss.detach())), stop.signal is not None])
-                if bad:
-                    good = latest_checkpoint(self.ckpt_dir)
-                    value = float(loss.detach())
-                    what = (f"non-finite loss ({value}{f' on rank {self.rank}' if self.distributed else ''})"
-                            if not math.isfinite(value) else "non-finite loss on another process")
-                    raise NonFiniteLoss(f"{what} at iteration {self.n_iter}; stopping. "
-                                        f"The last good checkpoint is {good if good else '(none yet)'}")
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    if clip > 0:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    loss.backward()
-                    if clip > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                    self.optimizer.step()
-                self.n_iter += 1
-                seen += prepared["image"].shape[0]
-                last_loss = float(loss.detach())
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
+        try:
+            with _StopFlag() as stop:
+                for batch in self.train_loader:
+                    rng = self._step_randomness(len(batch["image"]))
+                    prepared = self.task.prepare(batch, True, rng, self.device)
+                    with self._autocast():
+                        loss, logs = self.task.loss(self.model, prepared)
+                    # every process learns whether any has a non-finite loss or was asked to stop
+                    bad, stopping = self._agree([not bool(torch.isfinite(loss.detach())), stop.signal is not None])
+                    if bad:
+                        good = latest_checkpoint(self.ckpt_dir)
+                        value = float(loss.detach())
+                        what = (f"non-finite loss ({value}{f' on rank {self.rank}' if self.distributed else ''})"
+                                if not math.isfinite(value) else "non-finite loss on another process")
+                        raise NonFiniteLoss(f"{what} at iteration {self.n_iter}; stopping. "
+                                            f"The last good checkpoint is {good if good else '(none yet)'}")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                        if clip > 0:
+                            self.scaler.unscale_(self.optimizer)
+                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        loss.backward()
+                        if clip > 0:
+                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                        self.optimizer.step()
+                    self.n_iter += 1
+                    seen += prepared["image"].shape[0]
+                    last_loss = float(loss.detach())
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
 
-                it = self.n_iter
-                if it % int(cfg["tensorboard_interval"]) == 0 or self.debug:
-                    dt = time.perf_counter() - t0
-                    logs = {k: float(v) for k, v in logs.items()}
-                    logs["loss"] = last_loss
-                    logs = self._mean_over_ranks(logs)
-                    logs["images_per_s"] = self.world_size * seen / dt if dt > 0 else 0.0
-                    self._tb_scalars("train", logs)
-                    t0, seen = time.perf_counter(), 0
-                if it % int(cfg["train_show_interval"]) == 0:
-                    self._tb_images(prepared)
-                if self.do_eval and it % int(cfg["validation_interval"]) == 0:
-                    last_metrics = self.validate()
-                    self._tb_scalars("val", last_metrics)
-                    self._log(f"[{self.name} {it}] val " + "  ".join(
-                        f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
-                if it % int(cfg["save_interval"]) == 0:
-                    self.save(last_loss)
-                stopped = stopping if self.distributed else stop.signal is not None
-                if stopped or it >= total:
-                    break
+                    it = self.n_iter
+                    if it % int(cfg["tensorboard_interval"]) == 0 or self.debug:
+                        dt = time.perf_counter() - t0
+                        logs = {k: float(v) for k, v in logs.items()}
+                        logs["loss"] = last_loss
+                        logs = self._mean_over_ranks(logs)
+                        logs["images_per_s"] = self.world_size * seen / dt if dt > 0 else 0.0
+                        self._tb_scalars("train", logs)
+                        t0, seen = time.perf_counter(), 0
+                    if it % int(cfg["train_show_interval"]) == 0:
+                        self._tb_images(prepared)
+                    if self.do_eval and it % int(cfg["validation_interval"]) == 0:
+                        last_metrics = self.validate()
+                        self._tb_scalars("val", last_metrics)
+                        self._log(f"[{self.name} {it}] val " + "  ".join(
+                            f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
+                    if it % int(cfg["save_interval"]) == 0:
+                        self.save(last_loss)
+                    stopped = stopping if self.distributed else stop.signal is not None
+                    if stopped or it >= total:
+                        break
+        except BaseException:
+            bar.close()  # so that an error message starts on its own line
+            if self.writer is not None:
+                self.writer.close()
+            raise
         bar.close()
         path = self.save(last_loss)
         if self.writer is not None:

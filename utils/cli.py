@@ -21,6 +21,20 @@ def add_config_overrides(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; the value is parsed as YAML)")
 
 
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. For an error re-raised from a DataLoader worker
+    ("Caught X in DataLoader worker process N. Original Traceback ..."), the original error's
+    last line, which names the file."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines[0].startswith("Caught ") and "Original Traceback" in text:
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].split(".")[-1][:1].isupper() else last
+    return lines[0]
+
+
 def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Run ``fn``; turn user-facing errors into ``error: <one line>`` on stderr and exit code 2."""
 
@@ -29,8 +43,7 @@ def main_guard(fn: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return int(fn(*args, **kwargs) or 0)
         except (ConfigError, UserError, FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {msg}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
