@@ -15,6 +15,7 @@ With ``--outputImg`` the image with its points drawn goes to
 
 * Resumable: images whose ``.npz`` exists are skipped; files are written atomically.
 * Unreadable images are skipped with a warning naming the file and counted as failed.
+* ``data.homography_adaptation.enable: false`` exports the detector's plain keypoints (one view).
 * Sharded: under ``torchrun`` (``RANK`` / ``WORLD_SIZE``) rank r exports items r, r + W, ...;
   every image's homographies are seeded from ``seed`` and its name only, so the files do not
   depend on the number of processes.
@@ -153,6 +154,8 @@ def export(config: dict, exper_name: str, output_images: bool = False) -> Export
     detector = load_detector(config, device)
     kp_cfg = keypoint_settings(config["model"])
     ha_cfg = data["homography_adaptation"]
+    if not ha_cfg.get("enable", True):  # adaptation off: the detector's own keypoints (identity view only)
+        ha_cfg = {**ha_cfg, "num": 1}
     seed = int(config.get("seed", 0))
 
     workers = int(config.get("num_workers", 0))

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from utils.geometry import sample_homography, warp_image, warped_valid_mask
+from utils.geometry import sample_homography
 from utils.keypoints import CELL, semi_to_heatmap
 
 AGGREGATIONS = ("sum", "max")
@@ -71,6 +71,58 @@ def sample_adaptation_homographies(batch: int, num: int, size, params: Mapping |
         H = sample_homography(batch * num, size, params, generator).view(batch, num, 3, 3)
     H[:, 0] = torch.eye(3)
     return H
+
+
+# Pixels sampled within this distance (px) outside the outermost pixel centres still count as
+# inside (round-off on exact borders; the same tolerance as utils.geometry.warped_valid_mask).
+_INSIDE_TOL = 1e-6
+
+
+def _erode_bool(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``utils.geometry.erode`` for a bool ``K x H x W`` mask (outside counts as False), as a
+    separable AND over shifted slices: much cheaper than a (2r+1)^2 max-pool on every view."""
+    for dim in (-1, -2):
+        src, n = mask, mask.shape[dim]
+        mask = src.clone()
+        for d in range(1, min(radius, n) + 1):
+            mask.narrow(dim, 0, n - d).logical_and_(src.narrow(dim, d, n - d))
+            mask.narrow(dim, d, n - d).logical_and_(src.narrow(dim, 0, n - d))
+        k = min(radius, n)
+        mask.narrow(dim, 0, k).fill_(False)
+        mask.narrow(dim, n - k, k).fill_(False)
+    return mask
+
+
+def _pull(H_b_to_a: torch.Tensor, size, margin: int):
+    """Where every pixel of B samples A, for ``K`` homographies at once.
+
+    ``H_b_to_a``: ``K x 3 x 3`` (A and B have ``size``). Returns the float32 ``grid_sample`` grid
+    ``K x H x W x 2`` and the float ``K x 1 x H x W`` mask of B's pixels that see A, eroded by
+    ``margin``: the sampling of ``utils.geometry.warp_image`` and exactly the mask of
+    ``utils.geometry.warped_valid_mask``, from one float64 projection of the pixel grid. (This
+    runs for every view, so the projection uses the grid's separability: ``h00 x + h01 y + h02``
+    is a ``K x 1 x W`` row plus a ``K x H x 1`` column.)
+    """
+    h, w = size
+    Hd = H_b_to_a.double()
+    xs = torch.arange(w, device=Hd.device, dtype=torch.float64).view(1, 1, w)
+    ys = torch.arange(h, device=Hd.device, dtype=torch.float64).view(1, h, 1)
+
+    def row(i):
+        return Hd[:, i, 0, None, None] * xs + (Hd[:, i, 1, None, None] * ys + Hd[:, i, 2, None, None])
+
+    den = row(2)
+    px, py = row(0) / den, row(1) / den  # K x H x W: (x, y) in A
+    valid = (px >= -_INSIDE_TOL) & (px <= w - 1 + _INSIDE_TOL) & (py >= -_INSIDE_TOL) & (py <= h - 1 + _INSIDE_TOL)
+    if margin > 0:
+        valid = _erode_bool(valid, margin)
+    grid = torch.stack([px.mul_(2.0 / max(w - 1, 1)).sub_(1), py.mul_(2.0 / max(h - 1, 1)).sub_(1)], dim=-1)
+    return grid.float(), valid.unsqueeze(1).float()
+
+
+def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear sampling with pixel-centre-aligned coordinates; zero outside the image."""
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def _is_identity(H: torch.Tensor) -> torch.Tensor:
@@ -166,22 +218,30 @@ def homography_adaptation(detector: Callable, image: torch.Tensor, config: Mappi
     counts = torch.zeros(B, 1, h, w, device=device)
     for start in range(0, B * n, s["batch_size"]):
         H = H_all[start:start + s["batch_size"]]
-        idx = owner[start:start + s["batch_size"]]
-        ident = _is_identity(H).view(-1, 1, 1, 1)
-        src = image[idx].float()
-        views = torch.where(ident, src, warp_image(src, H, (h, w)))
-        # pixels of each view that see the image, and pixels of the image each view sees
-        H_inv = torch.linalg.inv(H.double())
-        mask_view = torch.where(ident, 1.0, warped_valid_mask(H.double(), (h, w), (h, w), margin).float())
-        mask_back = torch.where(ident, 1.0, warped_valid_mask(H_inv, (h, w), (h, w), margin).float())
-        heat = detector_heatmap(detector, views, autocast_dtype) * mask_view
-        back = torch.where(ident, heat, warp_image(heat, H_inv.float(), (h, w))) * mask_back
-        counts.index_add_(0, idx, mask_back)
-        if s["aggregation"] == "sum":
-            total.index_add_(0, idx, back)
-        else:
-            for b in idx.unique().tolist():
-                total[b] = torch.maximum(total[b], back[idx == b].amax(dim=0))
+        k = H.shape[0]
+        ident = _is_identity(H)
+        src = image.index_select(0, owner[start:start + k]).float()
+        # each view samples the image at H^-1 p; each image pixel samples the views at H p
+        grid_view, mask_view = _pull(torch.linalg.inv(H.double()), (h, w), margin)
+        grid_back, mask_back = _pull(H, (h, w), margin)
+        views = _sample(src, grid_view)
+        if bool(ident.any()):  # identity views: the image itself, valid everywhere
+            views[ident] = src[ident]
+            mask_view[ident] = 1.0
+            mask_back[ident] = 1.0
+        heat = detector_heatmap(detector, views, autocast_dtype).mul_(mask_view)
+        back = _sample(heat, grid_back)
+        if bool(ident.any()):
+            back[ident] = heat[ident]
+        back.mul_(mask_back)
+        # the views of image b are the consecutive positions [b*n, (b+1)*n) of the flat list
+        for b in range(start // n, (start + k - 1) // n + 1):
+            lo, hi = max(start, b * n) - start, min(start + k, (b + 1) * n) - start
+            counts[b] += mask_back[lo:hi].sum(dim=0)
+            if s["aggregation"] == "sum":
+                total[b] += back[lo:hi].sum(dim=0)
+            else:
+                total[b] = torch.maximum(total[b], back[lo:hi].amax(dim=0))
     if s["aggregation"] == "sum":
         out = torch.where(counts > 0, total / counts.clamp(min=1e-12), torch.zeros_like(total))
     else:

@@ -170,3 +170,20 @@ def test_bad_settings_are_reported():
         homography_adaptation(lambda x: x, img, ha_config(aggregation="mean"))
     with pytest.raises(ValueError, match="num"):
         homography_adaptation(lambda x: x, img, ha_config(num=0))
+
+
+def test_view_sampling_matches_the_geometry_module():
+    """The adaptation's own float32 sampling (one grid for the warp and the mask) agrees with
+    utils.geometry.warp_image / warped_valid_mask."""
+    from models.homography_adaptation import _pull, _sample
+    from utils.geometry import warp_image, warped_valid_mask
+
+    h, w = 40, 56
+    H = sample_adaptation_homographies(1, 8, (h, w), ha_config()["homographies"]["params"],
+                                       torch.Generator().manual_seed(1))[0]
+    img = torch.rand(8, 1, h, w, generator=torch.Generator().manual_seed(2))
+    grid, mask = _pull(torch.linalg.inv(H.double()), (h, w), 2)
+    want_mask = warped_valid_mask(H.double(), (h, w), (h, w), 2)
+    assert torch.equal(mask, want_mask) and float(want_mask.mean()) > 0.3
+    inside = want_mask.bool()
+    torch.testing.assert_close(_sample(img, grid)[inside], warp_image(img, H, (h, w))[inside], atol=1e-4, rtol=0)
