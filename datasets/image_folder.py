@@ -6,6 +6,7 @@ and folders (names starting with ``.``) are skipped. Order: sorted by relative p
 Splits: ``train``, ``val`` and ``test`` all mean *every image*, unless ``data.root_split_txt``
 is set: then ``<root_split_txt>/<split>.txt`` lists the relative paths (image files or
 sub-folders, one per line; blank lines and ``#`` comments ignored) that make the split.
+Exported labels are read from ``<data.labels>/<split>/`` (``val/`` for split ``test``).
 
 Item names are the relative path without the extension, with ``/`` separators
 (``freiburg/1341847980.722988``), so exported labels mirror the folder tree:
