@@ -1,0 +1,202 @@
+"""``export_detector_homoAdapt``: pseudo ground-truth keypoints by homographic adaptation.
+
+    python export.py export_detector_homoAdapt configs/magicpoint_coco_export.yaml magicpoint_synth_homoAdapt_coco
+
+For every image of the split ``data.export_folder`` (train | val) of ``data.dataset``, the
+detector (``pretrained``) runs under homographic adaptation (``data.homography_adaptation``, see
+:mod:`models.homography_adaptation`) and the keypoints of the aggregated heatmap
+(``model.detection_threshold / nms / remove_borders / top_k / subpixel``) are written to
+
+    <EXPER_PATH>/<exper_name>/predictions/<split>/<item name>.npz     (format: datasets/keypoint_labels.py)
+
+which is the folder joint training reads with ``data.labels: <exper_name>/predictions``.
+With ``--outputImg`` the image with its points drawn goes to
+``<EXPER_PATH>/<exper_name>/images/<split>/<item name>.png``.
+
+* Resumable: images whose ``.npz`` exists are skipped; files are written atomically.
+* Unreadable images are skipped with a warning naming the file and counted as failed.
+* ``data.homography_adaptation.enable: false`` exports the detector's plain keypoints (one view).
+* Sharded: under ``torchrun`` (``RANK`` / ``WORLD_SIZE``) rank r exports items r, r + W, ...;
+  every image's homographies are seeded from ``seed`` and its name only, so the files do not
+  depend on the number of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets import get_dataset
+from datasets.keypoint_labels import label_path, save_keypoint_labels
+from models import build_model, load_weights
+from models.frontend import keypoint_settings
+from models.homography_adaptation import homography_adaptation, prepare_detector
+from utils.cli import UserError, autocast_dtype, resolve_device
+from utils.io import ImageReadError, atomic_imwrite
+from utils.keypoints import extract_keypoints
+
+SPLITS = ("train", "val")
+
+
+@dataclass
+class ExportStats:
+    done: int = 0        # exported by this run
+    skipped: int = 0     # already exported by an earlier run
+    failed: int = 0      # unreadable images
+
+    def __add__(self, other: "ExportStats") -> "ExportStats":
+        return ExportStats(self.done + other.done, self.skipped + other.skipped, self.failed + other.failed)
+
+
+def shard() -> tuple[int, int]:
+    """``(rank, world_size)`` from the ``RANK`` / ``WORLD_SIZE`` variables set by torchrun."""
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise UserError("RANK and WORLD_SIZE must be integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
+def image_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for the homographies of one image, from the run seed and the image name."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class _ReadOrReport(Dataset):
+    """Items ``indices`` of a dataset; an unreadable image gives ``{"name", "error"}`` instead."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        try:
+            return self.dataset[index]
+        except ImageReadError as e:
+            return {"name": self.dataset.names[index], "error": str(e)}
+
+
+def draw_points(image: torch.Tensor, pts: np.ndarray) -> np.ndarray:
+    """``1 x H x W`` gray image and ``N x 3`` points -> ``H x W x 3`` uint8 BGR with green dots."""
+    import cv2
+
+    g = (image[0].float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    bgr = np.ascontiguousarray(np.stack([g] * 3, axis=-1))
+    for x, y in np.round(pts[:, :2]).astype(int):
+        cv2.circle(bgr, (int(x), int(y)), 1, (0, 255, 0), -1, lineType=cv2.LINE_AA)
+    return bgr
+
+
+def load_detector(config: dict, device: torch.device) -> torch.nn.Module:
+    """The configured network with ``pretrained`` weights, prepared for fast inference."""
+    path = config.get("pretrained")
+    if not path:
+        raise UserError("pretrained: the detector weights to export with are not set "
+                        "(e.g. pretrained: pretrained/magicpoint_synth.pth)")
+    model = build_model(config["model"])
+    load_weights(model, Path(path).expanduser(), strict=True, weights_only=bool(config.get("weights_only", True)))
+    return prepare_detector(model, device)
+
+
+def _init_process_group(world: int) -> bool:
+    """Join the torchrun group (gloo: only used to add up the counts); False when not launched so."""
+    import torch.distributed as dist
+
+    if world <= 1 or not dist.is_available() or "MASTER_ADDR" not in os.environ:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return True
+
+
+def export(config: dict, export_dir: Path, output_images: bool = False) -> ExportStats:
+    """Export this process's shard of the split into ``export_dir``; returns this process's counts."""
+    data = config["data"]
+    split = data.get("export_folder")
+    if split not in SPLITS:
+        raise UserError(f"data.export_folder: expected one of {', '.join(SPLITS)}, got {split!r}")
+    rank, world = shard()
+    out_dir = Path(export_dir)
+    pred_dir = out_dir / "predictions"
+    img_dir = out_dir / "images" / split
+
+    # the export reads plain images: never filter them by existing labels
+    dataset = get_dataset({**config, "data": {**data, "labels": None}}, split)
+    names = getattr(dataset, "names", None)
+    if names is None:
+        raise UserError(f"data.dataset {data['dataset']!r} cannot be exported (its items have no name list)")
+    n_items = len(names) if int(config.get("eval_iter", -1)) < 0 else min(len(names), int(config["eval_iter"]))
+    mine = list(range(rank, n_items, world))
+    todo = [i for i in mine if not label_path(pred_dir, split, names[i]).is_file()]
+    stats = ExportStats(skipped=len(mine) - len(todo))
+
+    device = resolve_device(config.get("device", "auto"))
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    amp = autocast_dtype(config.get("precision", "auto"), device)
+    detector = load_detector(config, device)
+    kp_cfg = keypoint_settings(config["model"])
+    ha_cfg = data["homography_adaptation"]
+    if not ha_cfg.get("enable", True):  # adaptation off: the detector's own keypoints (identity view only)
+        ha_cfg = {**ha_cfg, "num": 1}
+    seed = int(config.get("seed", 0))
+
+    workers = int(config.get("num_workers", 0))
+    loader = DataLoader(_ReadOrReport(dataset, todo), batch_size=None, shuffle=False, num_workers=workers)
+    desc = f"homography adaptation {split}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+    for item in tqdm(loader, total=len(todo), desc=desc, disable=rank != 0, dynamic_ncols=True):
+        name = item["name"]
+        if "error" in item:
+            warnings.warn(f"skipping unreadable image: {item['error']}", stacklevel=2)
+            stats.failed += 1
+            continue
+        image = item["image"][None].to(device)
+        gen = torch.Generator().manual_seed(image_seed(seed, name))
+        heat = homography_adaptation(detector, image, ha_cfg, gen, autocast_dtype=amp)
+        kp = extract_keypoints(heat, kp_cfg["detection_threshold"], kp_cfg["nms_radius"], kp_cfg["border"],
+                               kp_cfg["top_k"], kp_cfg["subpixel"], kp_cfg["patch_size"])
+        pts = kp.to_list()[0].float().cpu().numpy()
+        save_keypoint_labels(label_path(pred_dir, split, name), pts, image.shape[-2:])
+        if output_images:
+            atomic_imwrite(img_dir / f"{name}.png", draw_points(item["image"], pts))
+        stats.done += 1
+    return stats
+
+
+def run(config: dict, export_dir: Path, args) -> int:
+    """The ``export_detector_homoAdapt`` task (``args.outputImg``: also write drawn images)."""
+    rank, world = shard()
+    grouped = _init_process_group(world)
+    try:
+        stats = export(config, export_dir, output_images=bool(getattr(args, "outputImg", False)))
+        total = stats
+        if grouped:
+            import torch.distributed as dist
+
+            counts = torch.tensor([stats.done, stats.skipped, stats.failed], dtype=torch.int64)
+            dist.all_reduce(counts)
+            total = ExportStats(*(int(c) for c in counts))
+    finally:
+        if grouped:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        split = config["data"]["export_folder"]
+        where = Path(export_dir) / "predictions" / split
+        print(f"homography adaptation export ({split}): {total.done} exported, {total.skipped} skipped "
+              f"(already exported), {total.failed} failed (unreadable) -> {where}")
+    return 0
