@@ -7,6 +7,10 @@
 
 Post-processing (threshold, NMS, border removal, top-k, subpixel) is ``utils.keypoints``'s,
 batched, on the model's device.
+
+For deployment, ``inference_frontend(model, config)`` picks the fastest safe network arrangement
+and precision for the device from the config's ``inference:`` section (see
+``configs/defaults/inference.yaml`` and docs/DEPLOYMENT.md).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.cli import resolve_device
 from utils.keypoints import Keypoints, extract_keypoints, sample_descriptors, semi_to_heatmap
 
 
@@ -40,12 +45,18 @@ class FrontendOutput:
 
 
 class Frontend:
-    """Wraps a SuperPoint network with the keypoint post-processing."""
+    """Wraps a SuperPoint network with the keypoint post-processing.
+
+    ``model`` is any module returning ``{"semi", "desc"[, "seg"]}`` (an ``nn.Module`` as is, or a
+    :class:`models.inference.FastSuperPoint`). ``autocast_dtype`` runs it under autocast;
+    ``channels_last`` converts the model and the images to the channels-last layout once.
+    """
 
     def __init__(self, model: torch.nn.Module, detection_threshold: float = 0.015, nms_radius: int = 4,
                  border: int = 4, top_k: int | None = None, subpixel: bool = False, patch_size: int = 5,
-                 autocast_dtype: torch.dtype | None = None):
-        self.model = model
+                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.detection_threshold = detection_threshold
         self.nms_radius = nms_radius
         self.border = border
@@ -56,18 +67,65 @@ class Frontend:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> FrontendOutput:
+        """``images``: ``B x 1 x H x W`` float gray in [0, 1]."""
+        return self.postprocess(self.network(images))
+
+    @torch.no_grad()
+    def network(self, images: torch.Tensor) -> dict:
+        """The network's raw outputs (``semi``, ``desc``[, ``seg``]) for ``B x 1 x H x W`` images."""
         images = images.to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                raw = self.model(images)
-        else:
-            raw = self.model(images)
+                return self.model(images)
+        return self.model(images)
+
+    @torch.no_grad()
+    def postprocess(self, raw: dict) -> FrontendOutput:
+        """Heatmap, keypoints and their descriptors from the network's raw outputs."""
         heat = semi_to_heatmap(raw["semi"])
         kp = extract_keypoints(heat, self.detection_threshold, self.nms_radius, self.border,
                                self.top_k, self.subpixel, self.patch_size)
         desc = sample_descriptors(raw["desc"].float(), kp.points)
         return FrontendOutput(kp, desc, heat, raw)
+
+
+ENGINES = ("fast", "eager")
+
+
+def inference_frontend(model: torch.nn.Module, config: dict, device: torch.device | None = None) -> Frontend:
+    """The deployment front end for ``model`` on ``device`` (default: the config's ``device``).
+
+    Reads ``inference.engine`` / ``precision`` / ``channels_last`` / ``strip_rows`` and the
+    keypoint settings of ``model:``. The fast engine copies the weights into a
+    :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
+    engine runs ``model`` itself under autocast. Either way the outputs are float32.
+    """
+    from models.inference import PRECISIONS, FastSuperPoint, folded_layers, resolve_inference_precision
+    from utils.config import ConfigError
+
+    inf = config.get("inference") or {}
+    device = device or resolve_device(config.get("device", "auto"))
+    engine = inf.get("engine", "fast")
+    if engine not in ENGINES:
+        raise ConfigError(f"inference.engine: unknown value {engine!r} (expected {' or '.join(ENGINES)})")
+    precision = resolve_inference_precision(inf.get("precision", "auto"), device, config.get("precision", "auto"))
+    model = model.to(device).eval()
+    settings = keypoint_settings(config["model"])
+    if engine == "fast":
+        try:
+            folded_layers(model)
+        except TypeError:
+            engine = "eager"  # not a SuperPoint layout the fast engine knows
+    if engine == "fast":
+        dtype, full_res = PRECISIONS[precision]
+        net = FastSuperPoint(model, dtype, full_res, strip_rows=int(inf.get("strip_rows", 64)))
+        return Frontend(net, **settings)
+    amp = None if precision in ("fp32", "mixed") else PRECISIONS[precision][0]
+    return Frontend(model, **settings, autocast_dtype=amp, channels_last=bool(inf.get("channels_last", True)))

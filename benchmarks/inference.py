@@ -1,0 +1,473 @@
+"""Inference speed of the SuperPoint front end: images -> keypoints, scores, descriptors.
+
+    python benchmarks/inference.py                      # prints the markdown table (about 3 min)
+    python benchmarks/inference.py --frames 4 --rounds 2 --sizes 240x320
+
+Every path turns the same real photographs (gray, centre-cropped to 4:3, resized) into
+keypoints and descriptors with the same settings (threshold 0.015, NMS radius 4, border 4):
+
+* ``reference``: the MagicLeap-style front end, reimplemented here as the baseline: eager fp32
+  forward (NCHW), then numpy post-processing (softmax, heatmap, grid NMS visiting points one by
+  one in Python, border removal, descriptor sampling);
+* ``eager ...``: ``models.frontend.Frontend`` around the network module, with the layouts and
+  precisions named (``autocast bf16`` is ``torch.autocast``);
+* ``torchscript`` / ``onnxruntime``: the files written by ``export_model``, with the front
+  end's post-processing on their outputs;
+* ``fast ...``: ``models.inference.FastSuperPoint`` (what ``inference_frontend`` uses).
+
+Timing: ``--rounds`` rounds over all paths (their order rotates each round, so slow drifts in
+the machine's load hit every path alike), each path running every frame after ``--warmup``
+untimed frames; the tables give medians per frame. ``post`` is everything after the network
+(heatmap, NMS, border, top-k, descriptor sampling). The fp32 and bf16 matrix-multiply peaks
+are measured in the same run (best of 3 large products); the FLOP bound of a forward is its
+FLOPs divided by that peak, and ``fwd / bound`` how far a path is from it. The load average
+is printed: other jobs on a shared machine make every number slower, re-run at a quiet time.
+
+Keypoint agreement: for each frame, the share of the path's keypoints that have one of the
+eager fp32 keypoints within 1 px and the reverse; the table gives the smaller of the two,
+as the minimum and the mean over frames.
+
+Weights: seeded stand-in weights (``models.stand_in``) unless ``--weights`` is given; they give
+realistic keypoint counts, but agreement on a trained model should be re-checked with
+``--weights``. On CUDA the benchmark also reports frames/s at 480x640 for batch 1 and 16.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from models import build_model, load_weights  # noqa: E402
+from models.frontend import Frontend  # noqa: E402
+from models.inference import ENCODER, HEADS, PRECISIONS, FastSuperPoint  # noqa: E402
+from models.stand_in import seeded_stand_in  # noqa: E402
+from utils.cli import cpu_supports_bf16  # noqa: E402
+from utils.io import atomic_write_text, read_image_gray  # noqa: E402
+from utils.keypoints import pixels_to_descriptor_grid  # noqa: E402
+
+THRESHOLD, NMS_RADIUS, BORDER = 0.015, 4, 4
+PHOTO_DIRS = ("freiburg", "phototourism", "scannet")
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def shared_photos_dir() -> Path:
+    """``$SUPERPOINT_SHARED_DATA/photos``, else ``shared/data/photos`` beside the repository."""
+    env = os.environ.get("SUPERPOINT_SHARED_DATA")
+    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]:
+        if (base / "photos").is_dir():
+            return base / "photos"
+    raise SystemExit("error: photos not found: set SUPERPOINT_SHARED_DATA to the shared data folder "
+                     "or pass --images DIR")
+
+
+def pick_photos(folder: Path, count: int) -> list[Path]:
+    """``count`` photos spread evenly over the sub-folders (or the folder itself)."""
+    groups = [sorted((folder / d).glob("*")) for d in PHOTO_DIRS if (folder / d).is_dir()]
+    if not groups:
+        groups = [sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm"))]
+    picked, i = [], 0
+    while len(picked) < count and any(groups):
+        g = groups[i % len(groups)]
+        if g:
+            picked.append(g.pop(len(g) // 2))
+        i += 1
+    if not picked:
+        raise SystemExit(f"error: {folder}: no images found")
+    return picked
+
+
+def load_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Gray float32 [0, 1], centre-cropped to the aspect of ``size`` (H, W), then resized."""
+    img = read_image_gray(path)
+    h, w = img.shape
+    th, tw = size
+    if h * tw > w * th:
+        ch = round(w * th / tw)
+        img = img[(h - ch) // 2:(h - ch) // 2 + ch]
+    else:
+        cw = round(h * tw / th)
+        img = img[:, (w - cw) // 2:(w - cw) // 2 + cw]
+    return cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# the MagicLeap-style reference front end (baseline)
+# --------------------------------------------------------------------------------------------
+def grid_nms(xs: np.ndarray, ys: np.ndarray, scores: np.ndarray, size, radius: int) -> np.ndarray:
+    """Greedy NMS on an occupancy grid, one point at a time in Python (the reference way).
+
+    Points are visited by decreasing score; a point still marked free keeps itself and clears
+    the (2r+1)^2 square around it. Returns the indices of the kept points, best first.
+    """
+    h, w = size
+    grid = np.zeros((h + 2 * radius, w + 2 * radius), np.int8)
+    grid[ys + radius, xs + radius] = 1
+    kept = []
+    for i in np.argsort(-scores, kind="stable"):
+        y, x = ys[i] + radius, xs[i] + radius
+        if grid[y, x] == 1:
+            grid[y - radius:y + radius + 1, x - radius:x + radius + 1] = 0
+            grid[y, x] = -1
+            kept.append(i)
+    return np.asarray(kept, dtype=np.int64)
+
+
+class ReferenceFrontend:
+    """Eager fp32 NCHW forward, numpy post-processing (softmax, grid NMS, border, descriptors)."""
+
+    name = "reference (MagicLeap-style)"
+    dtype_key = "fp32"
+
+    def __init__(self, model):
+        self.model = model
+
+    def network(self, image: np.ndarray):
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(image)[None, None])
+        return out["semi"][0].numpy(), out["desc"]
+
+    def postprocess(self, raw):
+        semi, coarse_desc = raw
+        dense = np.exp(semi - semi.max(axis=0, keepdims=True))
+        dense = dense / dense.sum(axis=0, keepdims=True)
+        hc, wc = semi.shape[1:]
+        heat = dense[:-1].reshape(8, 8, hc, wc).transpose(2, 0, 3, 1).reshape(hc * 8, wc * 8)
+        ys, xs = np.nonzero(heat >= THRESHOLD)
+        scores = heat[ys, xs]
+        keep = grid_nms(xs, ys, scores, heat.shape, NMS_RADIUS)
+        xs, ys, scores = xs[keep], ys[keep], scores[keep]
+        h, w = heat.shape
+        inside = (xs >= BORDER) & (xs < w - BORDER) & (ys >= BORDER) & (ys < h - BORDER)
+        pts = np.stack([xs[inside], ys[inside]], axis=1).astype(np.float32)
+        if len(pts):
+            grid = pixels_to_descriptor_grid(torch.from_numpy(pts), (hc, wc)).view(1, 1, -1, 2)
+            with torch.no_grad():
+                d = F.grid_sample(coarse_desc, grid, mode="bilinear", align_corners=True)[0, :, 0].numpy()
+            d = d / np.linalg.norm(d, axis=0, keepdims=True)
+        else:
+            d = np.zeros((coarse_desc.shape[1], 0), np.float32)
+        return pts, scores[inside], d
+
+    @staticmethod
+    def points(result) -> np.ndarray:
+        return result[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the project's paths
+# --------------------------------------------------------------------------------------------
+class FrontendPath:
+    """A :class:`Frontend` (network + batched post-processing) fed one frame at a time."""
+
+    def __init__(self, name: str, frontend: Frontend, dtype_key: str):
+        self.name, self.frontend, self.dtype_key = name, frontend, dtype_key
+
+    def network(self, image: np.ndarray):
+        return self.frontend.network(torch.from_numpy(image)[None, None])
+
+    def postprocess(self, raw):
+        return self.frontend.postprocess(raw)
+
+    @staticmethod
+    def points(result) -> np.ndarray:
+        return result.keypoints.to_list()[0][:, :2].cpu().numpy()
+
+
+class ExportedPath(FrontendPath):
+    """An exported file's network (ONNX Runtime or TorchScript) + the front end's post-processing."""
+
+    def __init__(self, name: str, runner, frontend: Frontend):
+        super().__init__(name, frontend, "fp32")
+        self.runner = runner
+
+    def network(self, image: np.ndarray):
+        semi, desc = self.runner(image[None, None])[:2]
+        return {"semi": torch.from_numpy(np.asarray(semi)), "desc": torch.from_numpy(np.asarray(desc))}
+
+
+def build_paths(model, threads: int, workdir: Path, select: set[str] | None) -> list:
+    from exporters.model_export import export_onnx, export_torchscript, exported_runner
+
+    kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
+    bf16 = cpu_supports_bf16()
+    specs = [
+        ("reference (MagicLeap-style)", lambda: ReferenceFrontend(model)),
+        ("eager fp32", lambda: FrontendPath("eager fp32", Frontend(model, **kp), "fp32")),
+        ("eager fp32 channels-last", lambda: FrontendPath(
+            "eager fp32 channels-last", Frontend(_copy(model), **kp, channels_last=True), "fp32")),
+    ]
+    if bf16:
+        specs.append(("eager autocast bf16 channels-last", lambda: FrontendPath(
+            "eager autocast bf16 channels-last",
+            Frontend(_copy(model), **kp, autocast_dtype=torch.bfloat16, channels_last=True), "bf16")))
+
+    def exported(fmt, name):
+        path = workdir / f"superpoint.{'onnx' if fmt == 'onnx' else 'pt'}"
+        (export_onnx if fmt == "onnx" else export_torchscript)(model, path, ("semi", "desc"),
+                                                               torch.rand(1, 1, 64, 80))
+        return ExportedPath(name, exported_runner(path, fmt, threads), Frontend(model, **kp))
+
+    specs += [("torchscript fp32 (frozen)", lambda: exported("torchscript", "torchscript fp32 (frozen)")),
+              ("onnxruntime fp32", lambda: exported("onnx", "onnxruntime fp32"))]
+    for prec in ("fp32", "mixed", "bf16"):
+        if prec != "fp32" and not bf16:
+            continue
+        dt, full = PRECISIONS[prec]
+        name = f"fast {prec}"
+        specs.append((name, lambda n=name, d=dt, f=full, p=prec: FrontendPath(n, Frontend(FastSuperPoint(model, d, f), **kp), p)))
+    return [make() for name, make in specs if not select or any(s in name for s in select)]
+
+
+def _copy(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs and the machine's peak
+# --------------------------------------------------------------------------------------------
+def layer_flops(model, size) -> dict[str, int]:
+    """Multiply-adds x 2 of each convolution of a SuperPoint network at image ``size`` (H, W)."""
+    from models.inference import folded_layers
+
+    h, w = size
+    scale = {"conv1": 1, "conv2": 2, "conv3": 4, "conv4": 8}
+    out = {}
+    for name, (weight, _) in folded_layers(model).items():
+        s = scale.get(name[:5], 8)
+        out[name] = 2 * weight.numel() * (h // s) * (w // s)
+    return out
+
+
+def counted_flops(model, size) -> int:
+    """FLOPs of one forward as counted by torch.utils.flop_counter (a cross-check)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, *size))
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype, n: int = 4096, repeats: int = 3) -> float:
+    """Best GFLOP/s of an n x n matrix product (after one warm-up)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# measurements
+# --------------------------------------------------------------------------------------------
+def agreement(a: np.ndarray, b: np.ndarray, tol: float = 1.0) -> float:
+    """Share of ``a``'s points with a point of ``b`` within ``tol`` px, and the reverse: the smaller."""
+    if len(a) == 0 or len(b) == 0:
+        return 1.0 if len(a) == len(b) else 0.0
+    d = torch.cdist(torch.from_numpy(a).double(), torch.from_numpy(b).double())
+    return min(float((d.min(1).values <= tol).double().mean()), float((d.min(0).values <= tol).double().mean()))
+
+
+def time_paths(paths, frames, rounds: int, warmup: int, desc: str) -> dict:
+    """Per path: lists of per-frame forward and post-processing seconds."""
+    times = {p.name: {"fwd": [], "post": []} for p in paths}
+    for p in paths:
+        for f in frames[:warmup]:
+            p.postprocess(p.network(f))
+    bar = tqdm(total=rounds * len(paths) * len(frames), desc=desc, unit="frame", file=sys.stderr)
+    for r in range(rounds):
+        order = paths[r % len(paths):] + paths[:r % len(paths)]
+        for p in order:
+            for f in frames:
+                t0 = time.perf_counter()
+                raw = p.network(f)
+                t1 = time.perf_counter()
+                p.postprocess(raw)
+                t2 = time.perf_counter()
+                times[p.name]["fwd"].append(t1 - t0)
+                times[p.name]["post"].append(t2 - t1)
+                bar.update()
+    bar.close()
+    return times
+
+
+def cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseline_points) -> list[str]:
+    lines = ["| path | size | end-to-end ms | speed-up vs reference | forward ms | post ms | post share "
+             "| forward GFLOP/s | forward / FLOP bound | keypoints within 1 px of fp32: min / mean |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for size, times in times_by_size.items():
+        layers = flops_by_size[size]
+        total = sum(layers.values())
+        ref_ms = None
+        for p in paths:
+            t = times[p.name]
+            e2e = statistics.median([a + b for a, b in zip(t["fwd"], t["post"])]) * 1e3
+            fwd = statistics.median(t["fwd"]) * 1e3
+            post = statistics.median(t["post"]) * 1e3
+            ref_ms = ref_ms or e2e
+            # FLOP bound with the peak of the dtype each layer runs in
+            full_res = PRECISIONS[p.dtype_key][1]
+            rest = PRECISIONS[p.dtype_key][0]
+            bound = sum(v / peaks[full_res if k in ("conv1a", "conv1b") else rest] for k, v in layers.items())
+            agree = [agreement(p.points(p.postprocess(p.network(f))), ref)
+                     for f, ref in zip(frames_by_size[size], baseline_points[size])]
+            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {ref_ms / e2e:.2f}x | {fwd:.0f} | {post:.1f} "
+                         f"| {100 * post / e2e:.1f} % | {total / (fwd / 1e3) / 1e9:.0f} | {fwd / 1e3 / bound:.2f} "
+                         f"| {100 * min(agree):.1f} % / {100 * statistics.mean(agree):.1f} % |")
+    return lines
+
+
+def gpu_section(model, photos: list[Path], rounds: int) -> list[str]:
+    """Frames/s at 480x640 on CUDA, batch 1 and 16, fp32 / fp16 / bf16, fast and eager engines."""
+    dev = torch.device("cuda")
+    frames = [load_frame(p, (480, 640)) for p in photos]
+    batch16 = torch.from_numpy(np.stack([frames[i % len(frames)] for i in range(16)]))[:, None].to(dev)
+    model = model.to(dev).eval()
+    kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
+    lines = [f"GPU: {torch.cuda.get_device_name(dev)}", "",
+             "| engine | precision | batch | frames/s (end to end) | forward ms / batch | post ms / batch |",
+             "|---|---|---|---|---|---|"]
+    precs = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+    for engine in ("fast", "eager"):
+        for prec in precs:
+            dt = PRECISIONS[prec][0]
+            if engine == "fast":
+                fe = Frontend(FastSuperPoint(model, dt, dt), **kp)
+            else:
+                fe = Frontend(_copy(model), **kp, channels_last=True,
+                              autocast_dtype=None if prec == "fp32" else dt)
+            for b in (1, 16):
+                x = batch16[:b]
+                for _ in range(3):
+                    fe(x)
+                fw, po = [], []
+                for _ in range(max(rounds, 3) * 5):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    raw = fe.network(x)
+                    torch.cuda.synchronize()
+                    t1 = time.perf_counter()
+                    fe.postprocess(raw)
+                    torch.cuda.synchronize()
+                    t2 = time.perf_counter()
+                    fw.append(t1 - t0)
+                    po.append(t2 - t1)
+                e2e = statistics.median([a + c for a, c in zip(fw, po)])
+                lines.append(f"| {engine} | {prec} | {b} | {b / e2e:.0f} | {statistics.median(fw) * 1e3:.1f} "
+                             f"| {statistics.median(po) * 1e3:.1f} |")
+    return lines
+
+
+def hpatches_comparison(model, paths) -> list[str]:
+    """TODO(lead): homography accuracy and repeatability of each fast path vs eager fp32 on the
+    embedded HPatches-style set (target: unchanged within 0.01). The set and the metrics are
+    being written on other branches; wire them here once merged."""
+    return ["HPatches-style homography accuracy / repeatability vs fp32: **TODO (not measured yet)**: "
+            "needs the embedded HPatches-style set and its metrics from the evaluation branches."]
+
+
+# --------------------------------------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected HxW, e.g. 480x640") from None
+    if h % 8 or w % 8 or h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r}: H and W must be positive multiples of 8")
+    return h, w
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(240, 320), (480, 640)], metavar="HxW")
+    parser.add_argument("--frames", type=int, default=6, help="photos per size")
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes over the frames per path")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed frames per path first")
+    parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads")
+    parser.add_argument("--images", type=Path, help="folder of photos (default: the shared data photos)")
+    parser.add_argument("--model", default="SuperPointNet", choices=["SuperPointNet", "SuperPointNet_gauss2"])
+    parser.add_argument("--weights", type=Path, help="trained weights (default: seeded stand-in weights)")
+    parser.add_argument("--paths", nargs="+", help="only the paths whose names contain one of these words")
+    parser.add_argument("--output", type=Path, help="also write the markdown to this file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    model = build_model({"name": args.model, "params": {}})
+    if args.weights:
+        load_weights(model, args.weights)
+    else:
+        seeded_stand_in(model, seed=0)
+    model.eval()
+    photos = pick_photos(args.images or shared_photos_dir(), args.frames)
+
+    peaks = {torch.float32: matmul_peak(torch.float32) * 1e9}
+    peaks[torch.bfloat16] = matmul_peak(torch.bfloat16) * 1e9 if cpu_supports_bf16() else peaks[torch.float32]
+    peaks[torch.float16] = peaks[torch.float32]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = build_paths(model, args.threads, Path(tmp), set(args.paths) if args.paths else None)
+        frames_by_size, times_by_size, flops_by_size, baseline = {}, {}, {}, {}
+        eager = Frontend(model, detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
+        for size in args.sizes:
+            frames = [load_frame(p, size) for p in photos]
+            frames_by_size[size] = frames
+            flops_by_size[size] = layer_flops(model, size)
+            baseline[size] = [eager(torch.from_numpy(f)[None, None]).keypoints.to_list()[0][:, :2].numpy()
+                              for f in frames]
+            times_by_size[size] = time_paths(paths, frames, args.rounds, args.warmup, f"{size[0]}x{size[1]}")
+        table = cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseline)
+    load_end = os.getloadavg()
+
+    counts = {s: [len(b) for b in baseline[s]] for s in args.sizes}
+    flop_lines = ", ".join(f"{h}x{w}: {sum(flops_by_size[(h, w)].values()) / 1e9:.1f} GFLOP "
+                           f"(flop_counter: {counted_flops(model, (h, w)) / 1e9:.1f})" for h, w in args.sizes)
+    out = [f"#### Inference, CPU ({args.threads} threads), {datetime.date.today().isoformat()}", "",
+           f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+           f"bf16 instructions: {'yes' if cpu_supports_bf16() else 'no'}; torch {torch.__version__}; "
+           f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at the end.",
+           f"- Matrix-multiply peak (4096^2, best of 3): fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, "
+           f"bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s.",
+           f"- Forward FLOPs ({args.model}): {flop_lines}.",
+           f"- Frames: {len(photos)} photos ({', '.join(p.parent.name for p in photos)}), "
+           f"{args.rounds} rounds, medians per frame; weights: "
+           f"{args.weights or 'seeded stand-in (models/stand_in.py)'}; keypoints per frame (eager fp32): "
+           + "; ".join(f"{h}x{w}: {min(c)}-{max(c)}" for (h, w), c in counts.items()) + ".",
+           "- " + hpatches_comparison(model, paths)[0], ""] + table
+    if torch.cuda.is_available():
+        out += ["", "#### Inference, CUDA", ""] + gpu_section(model, photos, args.rounds)
+    else:
+        out += ["", "CUDA: no GPU on this machine, not measured (the benchmark reports frames/s at 480x640, "
+                "batch 1 and 16, fp32 / fp16 / bf16, when run on one)."]
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.output:
+        atomic_write_text(args.output, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
