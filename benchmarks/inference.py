@@ -17,15 +17,23 @@ keypoints and descriptors with the same settings (threshold 0.015, NMS radius 4,
 
 Timing: ``--rounds`` rounds over all paths (their order rotates each round, so slow drifts in
 the machine's load hit every path alike), each path running every frame after ``--warmup``
-untimed frames; the tables give medians per frame. ``post`` is everything after the network
+untimed frames; the tables give medians per frame (``best``: the fastest frame, what the path
+does when the machine leaves it alone). ``post`` is everything after the network
 (heatmap, NMS, border, top-k, descriptor sampling). The fp32 and bf16 matrix-multiply peaks
 are measured in the same run (best of 3 large products); the FLOP bound of a forward is its
 FLOPs divided by that peak, and ``fwd / bound`` how far a path is from it. The load average
 is printed: other jobs on a shared machine make every number slower, re-run at a quiet time.
+``CPU ms`` is the process CPU time per frame summed over threads: on a quiet machine it is about
+``threads x end-to-end``; much less means the process was waiting for a core.
 
-Keypoint agreement: for each frame, the share of the path's keypoints that have one of the
-eager fp32 keypoints within 1 px and the reverse; the table gives the smaller of the two,
-as the minimum and the mean over frames.
+Keypoint agreement with the eager fp32 keypoints of the same frame: a point agrees when the other
+set has a point within 1 px, counted both ways. The table gives the share over all frames
+together, then the worst frame's share (the smaller of its two directions).
+
+OpenMP: by default the benchmark sets ``OMP_WAIT_POLICY=PASSIVE`` before loading torch. With
+spinning threads (``--omp-wait-policy active``, libgomp's usual behaviour) every parallel region
+waits for a thread that another job has taken the core from; on the shared 2-core machine that
+made the torch paths 2-3x slower. ONNX Runtime's spinning is turned off likewise.
 
 Weights: seeded stand-in weights (``models.stand_in``) unless ``--weights`` is given; they give
 realistic keypoint counts, but agreement on a trained model should be re-checked with
@@ -47,6 +55,19 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+
+def _omp_wait_policy(argv) -> str:
+    """Apply ``--omp-wait-policy`` before torch (and its OpenMP runtime) is loaded."""
+    policy = "passive"
+    if "--omp-wait-policy" in argv and argv.index("--omp-wait-policy") + 1 < len(argv):
+        policy = argv[argv.index("--omp-wait-policy") + 1]
+    if policy in ("passive", "active"):
+        os.environ.setdefault("OMP_WAIT_POLICY", policy.upper())
+    return os.environ.get("OMP_WAIT_POLICY", "runtime default")
+
+
+OMP_POLICY = _omp_wait_policy(sys.argv[1:])
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -55,7 +76,7 @@ from tqdm import tqdm  # noqa: E402
 
 from models import build_model, load_weights  # noqa: E402
 from models.frontend import Frontend  # noqa: E402
-from models.inference import ENCODER, HEADS, PRECISIONS, FastSuperPoint  # noqa: E402
+from models.inference import PRECISIONS, FastSuperPoint, layer_dtypes  # noqa: E402
 from models.stand_in import seeded_stand_in  # noqa: E402
 from utils.cli import cpu_supports_bf16  # noqa: E402
 from utils.io import atomic_write_text, read_image_gray  # noqa: E402
@@ -230,9 +251,8 @@ def build_paths(model, threads: int, workdir: Path, select: set[str] | None) -> 
     for prec in ("fp32", "mixed", "bf16"):
         if prec != "fp32" and not bf16:
             continue
-        dt, full = PRECISIONS[prec]
         name = f"fast {prec}"
-        specs.append((name, lambda n=name, d=dt, f=full, p=prec: FrontendPath(n, Frontend(FastSuperPoint(model, d, f), **kp), p)))
+        specs.append((name, lambda n=name, p=prec: FrontendPath(n, Frontend(FastSuperPoint(model, p), **kp), p)))
     return [make() for name, make in specs if not select or any(s in name for s in select)]
 
 
@@ -266,33 +286,51 @@ def counted_flops(model, size) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(dtype, n: int = 4096, repeats: int = 3) -> float:
-    """Best GFLOP/s of an n x n matrix product (after one warm-up)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    a @ b
+def matmul_peak(dtype, sizes=(2048, 4096), repeats: int = 3) -> float:
+    """Best GFLOP/s of n x n matrix products (each size warmed up once, then ``repeats`` runs)."""
     best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
+    for n in sizes:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
         a @ b
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
 # --------------------------------------------------------------------------------------------
 # measurements
 # --------------------------------------------------------------------------------------------
+def agreement_counts(a: np.ndarray, b: np.ndarray, tol: float = 1.0) -> tuple[int, int, int, int]:
+    """(points of ``a`` with a point of ``b`` within ``tol`` px, len(a), the same for ``b``, len(b))."""
+    if len(a) == 0 or len(b) == 0:
+        return 0, len(a), 0, len(b)
+    d = torch.cdist(torch.from_numpy(a).double(), torch.from_numpy(b).double())
+    return int((d.min(1).values <= tol).sum()), len(a), int((d.min(0).values <= tol).sum()), len(b)
+
+
 def agreement(a: np.ndarray, b: np.ndarray, tol: float = 1.0) -> float:
     """Share of ``a``'s points with a point of ``b`` within ``tol`` px, and the reverse: the smaller."""
-    if len(a) == 0 or len(b) == 0:
-        return 1.0 if len(a) == len(b) else 0.0
-    d = torch.cdist(torch.from_numpy(a).double(), torch.from_numpy(b).double())
-    return min(float((d.min(1).values <= tol).double().mean()), float((d.min(0).values <= tol).double().mean()))
+    ma, na, mb, nb = agreement_counts(a, b, tol)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return min(ma / na, mb / nb)
+
+
+def pooled_agreement(pairs) -> tuple[float, float]:
+    """Over (points, fp32 points) pairs: matched points / all points (both directions), and the
+    worst frame's :func:`agreement`."""
+    counts = [agreement_counts(a, b) for a, b in pairs]
+    total = sum(c[1] + c[3] for c in counts)
+    pooled = sum(c[0] + c[2] for c in counts) / total if total else 1.0
+    return pooled, min(agreement(a, b) for a, b in pairs)
 
 
 def time_paths(paths, frames, rounds: int, warmup: int, desc: str) -> dict:
     """Per path: lists of per-frame forward and post-processing seconds."""
-    times = {p.name: {"fwd": [], "post": []} for p in paths}
+    times = {p.name: {"fwd": [], "post": [], "cpu": []} for p in paths}
     for p in paths:
         for f in frames[:warmup]:
             p.postprocess(p.network(f))
@@ -301,11 +339,13 @@ def time_paths(paths, frames, rounds: int, warmup: int, desc: str) -> dict:
         order = paths[r % len(paths):] + paths[:r % len(paths)]
         for p in order:
             for f in frames:
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 raw = p.network(f)
                 t1 = time.perf_counter()
                 p.postprocess(raw)
                 t2 = time.perf_counter()
+                times[p.name]["cpu"].append(time.process_time() - c0)
                 times[p.name]["fwd"].append(t1 - t0)
                 times[p.name]["post"].append(t2 - t1)
                 bar.update()
@@ -314,9 +354,10 @@ def time_paths(paths, frames, rounds: int, warmup: int, desc: str) -> dict:
 
 
 def cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseline_points) -> list[str]:
-    lines = ["| path | size | end-to-end ms | speed-up vs reference | forward ms | post ms | post share "
-             "| forward GFLOP/s | forward / FLOP bound | keypoints within 1 px of fp32: min / mean |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| path | size | end-to-end ms | best ms | speed-up vs reference | forward ms | post ms | post share "
+             "| CPU ms (all threads) | forward GFLOP/s | forward / FLOP bound "
+             "| keypoints within 1 px of fp32: all frames / worst frame |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, times in times_by_size.items():
         layers = flops_by_size[size]
         total = sum(layers.values())
@@ -324,53 +365,57 @@ def cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseli
         for p in paths:
             t = times[p.name]
             e2e = statistics.median([a + b for a, b in zip(t["fwd"], t["post"])]) * 1e3
+            best = min(a + b for a, b in zip(t["fwd"], t["post"])) * 1e3
             fwd = statistics.median(t["fwd"]) * 1e3
             post = statistics.median(t["post"]) * 1e3
+            cpu = statistics.median(t["cpu"]) * 1e3
             ref_ms = ref_ms or e2e
             # FLOP bound with the peak of the dtype each layer runs in
-            full_res = PRECISIONS[p.dtype_key][1]
-            rest = PRECISIONS[p.dtype_key][0]
-            bound = sum(v / peaks[full_res if k in ("conv1a", "conv1b") else rest] for k, v in layers.items())
-            agree = [agreement(p.points(p.postprocess(p.network(f))), ref)
-                     for f, ref in zip(frames_by_size[size], baseline_points[size])]
-            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {ref_ms / e2e:.2f}x | {fwd:.0f} | {post:.1f} "
-                         f"| {100 * post / e2e:.1f} % | {total / (fwd / 1e3) / 1e9:.0f} | {fwd / 1e3 / bound:.2f} "
-                         f"| {100 * min(agree):.1f} % / {100 * statistics.mean(agree):.1f} % |")
+            dtypes = layer_dtypes(p.dtype_key)
+            bound = sum(v / peaks[dtypes[k]] for k, v in layers.items())
+            pooled, worst = pooled_agreement([(p.points(p.postprocess(p.network(f))), ref)
+                                              for f, ref in zip(frames_by_size[size], baseline_points[size])])
+            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {best:.0f} | {ref_ms / e2e:.2f}x | {fwd:.0f} | {post:.1f} "
+                         f"| {100 * post / e2e:.1f} % | {cpu:.0f} | {total / (fwd / 1e3) / 1e9:.0f} | {fwd / 1e3 / bound:.2f} "
+                         f"| {100 * pooled:.1f} % / {100 * worst:.1f} % |")
     return lines
 
 
-def gpu_section(model, photos: list[Path], rounds: int) -> list[str]:
-    """Frames/s at 480x640 on CUDA, batch 1 and 16, fp32 / fp16 / bf16, fast and eager engines."""
-    dev = torch.device("cuda")
-    frames = [load_frame(p, (480, 640)) for p in photos]
-    batch16 = torch.from_numpy(np.stack([frames[i % len(frames)] for i in range(16)]))[:, None].to(dev)
+def gpu_section(model, photos: list[Path], rounds: int, device=None, precisions=None,
+                batches=(1, 16), size=(480, 640)) -> list[str]:
+    """Frames/s on CUDA (480x640, batch 1 and 16, fp32 / fp16 / bf16, fast and eager engines)."""
+    dev = device or torch.device("cuda")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    frames = [load_frame(p, size) for p in photos]
+    big = torch.from_numpy(np.stack([frames[i % len(frames)] for i in range(max(batches))]))[:, None].to(dev)
     model = model.to(dev).eval()
     kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
-    lines = [f"GPU: {torch.cuda.get_device_name(dev)}", "",
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    lines = [f"GPU: {name}, {size[0]}x{size[1]}", "",
              "| engine | precision | batch | frames/s (end to end) | forward ms / batch | post ms / batch |",
              "|---|---|---|---|---|---|"]
-    precs = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+    precs = precisions or ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
     for engine in ("fast", "eager"):
         for prec in precs:
             dt = PRECISIONS[prec][0]
             if engine == "fast":
-                fe = Frontend(FastSuperPoint(model, dt, dt), **kp)
+                fe = Frontend(FastSuperPoint(model, prec), **kp)
             else:
                 fe = Frontend(_copy(model), **kp, channels_last=True,
                               autocast_dtype=None if prec == "fp32" else dt)
-            for b in (1, 16):
-                x = batch16[:b]
+            for b in batches:
+                x = big[:b]
                 for _ in range(3):
                     fe(x)
                 fw, po = [], []
                 for _ in range(max(rounds, 3) * 5):
-                    torch.cuda.synchronize()
+                    sync()
                     t0 = time.perf_counter()
                     raw = fe.network(x)
-                    torch.cuda.synchronize()
+                    sync()
                     t1 = time.perf_counter()
                     fe.postprocess(raw)
-                    torch.cuda.synchronize()
+                    sync()
                     t2 = time.perf_counter()
                     fw.append(t1 - t0)
                     po.append(t2 - t1)
@@ -412,6 +457,9 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", type=Path, help="trained weights (default: seeded stand-in weights)")
     parser.add_argument("--paths", nargs="+", help="only the paths whose names contain one of these words")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
+    parser.add_argument("--omp-wait-policy", choices=["passive", "active", "default"], default="passive",
+                        help="OpenMP threads sleep (passive) or spin (active) at barriers; passive is much "
+                             "faster when other jobs share the cores (an OMP_WAIT_POLICY already set wins)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -448,8 +496,9 @@ def main(argv=None) -> int:
     out = [f"#### Inference, CPU ({args.threads} threads), {datetime.date.today().isoformat()}", "",
            f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
            f"bf16 instructions: {'yes' if cpu_supports_bf16() else 'no'}; torch {torch.__version__}; "
+           f"OMP_WAIT_POLICY {OMP_POLICY}; "
            f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at the end.",
-           f"- Matrix-multiply peak (4096^2, best of 3): fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, "
+           f"- Matrix-multiply peak (best of 2048^2 and 4096^2, 3 runs each): fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, "
            f"bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s.",
            f"- Forward FLOPs ({args.model}): {flop_lines}.",
            f"- Frames: {len(photos)} photos ({', '.join(p.parent.name for p in photos)}), "

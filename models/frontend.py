@@ -124,8 +124,7 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
         except TypeError:
             engine = "eager"  # not a SuperPoint layout the fast engine knows
     if engine == "fast":
-        dtype, full_res = PRECISIONS[precision]
-        net = FastSuperPoint(model, dtype, full_res, strip_rows=int(inf.get("strip_rows", 64)))
+        net = FastSuperPoint(model, precision, strip_rows=int(inf.get("strip_rows", 64)))
         return Frontend(net, **settings)
     amp = None if precision in ("fp32", "mixed") else PRECISIONS[precision][0]
     return Frontend(model, **settings, autocast_dtype=amp, channels_last=bool(inf.get("channels_last", True)))

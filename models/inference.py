@@ -15,12 +15,14 @@ semantics: batch norm uses its running statistics) and returns the same ``semi``
 * on the CPU the full-resolution block (conv1a, conv1b, pool) is computed in horizontal strips
   of ``strip_rows`` rows with a 2-row halo. The strip buffers stay in cache and, unlike
   whole-image buffers (78 MB at 480x640 in fp32), are reused by the C allocator instead of
-  being mapped fresh from the kernel on every call, whose page faults alone cost about a third
-  of the forward time on the machine this was measured on (docs/BENCHMARKS.md, "Inference").
+  being mapped fresh from the kernel on every call: on the machine this was measured on, those
+  page faults made the fp32 forward at 480x640 about 20 % slower (615 vs 499 ms single-thread
+  CPU time; docs/DEPLOYMENT.md).
 
-Precision: ``dtype`` is the compute dtype of every layer (float32, bfloat16 on CPUs with native
-bf16 or on GPUs, float16 on GPUs); ``full_res_dtype`` may give the full-resolution block (43 %
-of the FLOPs) a different one, e.g. bf16 there and fp32 elsewhere. The outputs are float32.
+Precision: each of the five blocks (conv1*, conv2*, conv3*, conv4*, heads) computes in its own
+dtype (float32; bfloat16 on CPUs with native bf16 or on GPUs; float16 on GPUs); the named
+choices are in :data:`PRECISIONS` (``mixed``: bf16 at full and half resolution, 65 % of the
+FLOPs, fp32 from there on). The outputs are float32.
 """
 from __future__ import annotations
 
@@ -79,20 +81,31 @@ def _pool2_relu(y: torch.Tensor) -> torch.Tensor:
     return torch.maximum(pairs[:, :, :, 0], pairs[:, :, :, 1]).relu_().permute(0, 3, 1, 2)
 
 
+BLOCKS = ("block1", "block2", "block3", "block4", "heads")  # the units a precision assigns dtypes to
+
+
 class FastSuperPoint(nn.Module):
     """Inference-only SuperPoint: ``B x 1 x H x W`` gray in [0, 1] (H, W multiples of 8) ->
     ``{"semi": B x 65 x H/8 x W/8, "desc": B x D x H/8 x W/8 (unit L2)[, "seg"]}``, float32.
 
-    Built from a trained network (its weights are copied; later changes to it are not seen).
+    ``precision``: a name of :data:`PRECISIONS` or a tuple of 5 dtypes, one per block of
+    :data:`BLOCKS` (conv1*, conv2*, conv3*, conv4*, the heads and the segmentation head). The
+    product of conv1a is always computed in float32 (it is memory-bound, so this is nearly free,
+    and feeding the image to the network in bf16 moves about twice as many keypoints).
+    Built from a trained network: its weights are copied; later changes to it are not seen.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32,
-                 full_res_dtype: torch.dtype | None = None, strip_rows: int = 64):
+    def __init__(self, model: nn.Module, precision: str | tuple = "fp32", strip_rows: int = 64):
         super().__init__()
         if strip_rows < 0 or strip_rows % 2:
             raise ValueError(f"strip_rows must be an even number >= 0, got {strip_rows}")
-        self.dtype = dtype
-        self.full_res_dtype = full_res_dtype or dtype
+        if isinstance(precision, str):
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
+            precision = PRECISIONS[precision]
+        if len(precision) != len(BLOCKS):
+            raise ValueError(f"precision: expected {len(BLOCKS)} dtypes ({', '.join(BLOCKS)}), got {precision}")
+        self.dtypes = tuple(precision)
         self.strip_rows = int(strip_rows)
         layers = folded_layers(model)
         device = layers["conv1a"][0].device
@@ -100,28 +113,25 @@ class FastSuperPoint(nn.Module):
         def param(t, dt):
             return nn.Parameter(t.to(device=device, dtype=dt), requires_grad=False)
 
-        # conv1a stays float32 in every precision: it is cheap (memory-bound) and rounding the
-        # input image to bf16 would move about twice as many keypoints as the rest of the block
         w1a, b1a = layers["conv1a"]
         self.w1a = param(w1a.reshape(w1a.shape[0], 9).t().contiguous(), torch.float32)  # 9 x 64
         self.b1a = param(b1a, torch.float32)
-        w, b = layers["conv1b"]
-        self.w1b = param(w.contiguous(memory_format=torch.channels_last), self.full_res_dtype)
-        self.b1b = param(b, self.full_res_dtype)
-        for n in ENCODER[2:]:
+        for i, n in enumerate(ENCODER[1:], start=1):
             w, b = layers[n]
-            setattr(self, "w" + n[4:], param(w.contiguous(memory_format=torch.channels_last), dtype))
-            setattr(self, "b" + n[4:], param(b, dtype))
+            dt = self.dtypes[i // 2]
+            setattr(self, "w" + n[4:], param(w.contiguous(memory_format=torch.channels_last), dt))
+            setattr(self, "b" + n[4:], param(b, dt))
+        dt = self.dtypes[4]
         (wpa, bpa), (wda, bda) = layers["convPa"], layers["convDa"]
-        self.wa = param(torch.cat([wpa, wda]).contiguous(memory_format=torch.channels_last), dtype)
-        self.ba = param(torch.cat([bpa, bda]), dtype)
+        self.wa = param(torch.cat([wpa, wda]).contiguous(memory_format=torch.channels_last), dt)
+        self.ba = param(torch.cat([bpa, bda]), dt)
         self.split = wpa.shape[0]
         (wpb, bpb), (wdb, bdb) = layers["convPb"], layers["convDb"]
-        self.wpb, self.bpb = param(wpb.flatten(1), dtype), param(bpb, dtype)
-        self.wdb, self.bdb = param(wdb.flatten(1), dtype), param(bdb, dtype)
+        self.wpb, self.bpb = param(wpb.flatten(1), dt), param(bpb, dt)
+        self.wdb, self.bdb = param(wdb.flatten(1), dt), param(bdb, dt)
         self.seg_head = None
         if getattr(model, "seg_head", None) is not None:
-            self.seg_head = copy.deepcopy(model.seg_head).eval().to(dtype=dtype)
+            self.seg_head = copy.deepcopy(model.seg_head).eval().to(dtype=dt)
             self.seg_head.requires_grad_(False)
 
     # ---- full-resolution block --------------------------------------------------------------
@@ -131,19 +141,19 @@ class FastSuperPoint(nn.Module):
         h, w = hp - 2, wp - 2
         img = xpad[:, 0]
         patches = torch.stack([img[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], dim=-1)
-        out = torch.addmm(self.b1a, patches.reshape(-1, 9), self.w1a).relu_().to(self.full_res_dtype)
+        out = torch.addmm(self.b1a, patches.reshape(-1, 9), self.w1a).relu_().to(self.dtypes[0])
         return out.view(B, h, w, -1).permute(0, 3, 1, 2)
 
     def _block1(self, x: torch.Tensor) -> torch.Tensor:
-        """relu(pool(relu(conv1b(relu(conv1a(x)))))) -> ``B x 64 x H/2 x W/2``."""
+        """relu(pool(relu(conv1b(relu(conv1a(x)))))) -> ``B x 64 x H/2 x W/2`` in block 2's dtype."""
         B, _, H, W = x.shape
         x = x.float()
         s = self.strip_rows
         if x.device.type != "cpu" or s == 0 or s >= H:
             a = self._conv1a(F.pad(x, (1, 1, 1, 1)))
-            return _pool2_relu(F.conv2d(a, self.w1b, self.b1b, padding=1)).to(self.dtype)
+            return _pool2_relu(F.conv2d(a, self.w1b, self.b1b, padding=1)).to(self.dtypes[1])
         xp = F.pad(x, (1, 1, 2, 2))
-        out = torch.empty(B, H // 2, W // 2, self.w1b.shape[0], device=x.device, dtype=self.dtype)
+        out = torch.empty(B, H // 2, W // 2, self.w1b.shape[0], device=x.device, dtype=self.dtypes[1])
         for top in range(0, H, s):
             bottom = min(top + s, H)
             # conv1a rows top-1 .. bottom (inclusive) feed conv1b rows top .. bottom-1
@@ -161,13 +171,14 @@ class FastSuperPoint(nn.Module):
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] % 8 or x.shape[3] % 8:
             raise ValueError(f"FastSuperPoint: expected B x 1 x H x W images with H, W multiples of 8, "
                              f"got shape {tuple(x.shape)}")
+        d = self.dtypes
         y = self._block1(x)
         y = F.conv2d(y, self.w2a, self.b2a, padding=1).relu_()
-        y = _pool2_relu(F.conv2d(y, self.w2b, self.b2b, padding=1))
+        y = _pool2_relu(F.conv2d(y, self.w2b, self.b2b, padding=1)).to(d[2])
         y = F.conv2d(y, self.w3a, self.b3a, padding=1).relu_()
-        y = _pool2_relu(F.conv2d(y, self.w3b, self.b3b, padding=1))
+        y = _pool2_relu(F.conv2d(y, self.w3b, self.b3b, padding=1)).to(d[3])
         y = F.conv2d(y, self.w4a, self.b4a, padding=1).relu_()
-        feat = F.conv2d(y, self.w4b, self.b4b, padding=1).relu_()
+        feat = F.conv2d(y, self.w4b, self.b4b, padding=1).relu_().to(d[4])
         heads = F.conv2d(feat, self.wa, self.ba, padding=1).relu_().permute(0, 2, 3, 1)  # B Hc Wc 512
         semi = F.linear(heads[..., :self.split], self.wpb, self.bpb)
         desc = F.linear(heads[..., self.split:], self.wdb, self.bdb).float()
@@ -181,13 +192,24 @@ class FastSuperPoint(nn.Module):
 # --------------------------------------------------------------------------------------------
 # choosing the arrangement and precision for a device
 # --------------------------------------------------------------------------------------------
-# precision name -> (dtype of the network, dtype of the full-resolution block)
+_F32, _BF16, _F16 = torch.float32, torch.bfloat16, torch.float16
+# precision name -> dtype of each block of BLOCKS (block1 .. block4, heads)
 PRECISIONS = {
-    "fp32": (torch.float32, torch.float32),
-    "bf16": (torch.bfloat16, torch.bfloat16),
-    "fp16": (torch.float16, torch.float16),
-    "mixed": (torch.float32, torch.bfloat16),  # bf16 only where 43 % of the FLOPs are
+    "fp32": (_F32,) * 5,
+    "mixed": (_BF16, _BF16, _F32, _F32, _F32),  # bf16 at full and half resolution: 65 % of the FLOPs
+    "bf16": (_BF16,) * 5,
+    "fp16": (_F16,) * 5,
 }
+
+
+def layer_dtypes(precision: str | tuple) -> dict[str, torch.dtype]:
+    """The dtype each of the 12 convolutions computes in under ``precision`` (conv1a: float32)."""
+    dtypes = PRECISIONS[precision] if isinstance(precision, str) else tuple(precision)
+    out = {"conv1a": torch.float32}
+    for i, n in enumerate(ENCODER[1:], start=1):
+        out[n] = dtypes[i // 2]
+    out.update({n: dtypes[4] for n in HEADS})
+    return out
 
 
 def resolve_inference_precision(precision: str, device: torch.device, training_precision: str = "auto") -> str:
