@@ -21,34 +21,14 @@ import numpy as np
 import torch
 
 from models import build_model, load_weights
+from models.onnx_runtime import TupleOutputs, cpu_session, onnx_bytes, output_names
 from settings import exper_path
 from utils.cli import UserError
-from utils.io import atomic_path
+from utils.io import atomic_path, atomic_write_bytes
 
 FORMATS = {"onnx": "superpoint.onnx", "torchscript": "superpoint.pt"}
-OPSET = 17
 TOLERANCE = 1e-4
 CHECK_SIZES = ((64, 80), (96, 128))  # two different H x W: the dynamic axes really are dynamic
-
-
-class TupleOutputs(torch.nn.Module):
-    """The network with its output dict as a tuple in a fixed order (what exporters need)."""
-
-    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]):
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, image: torch.Tensor):
-        out = self.model(image)
-        return tuple(out[n] for n in self.names)
-
-
-def output_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """``semi``, ``desc`` and, when the model has one, ``seg``."""
-    with torch.no_grad():
-        out = model(torch.zeros(1, 1, 16, 16))
-    return tuple(n for n in ("semi", "desc", "seg") if n in out)
 
 
 def load_model(config: dict) -> torch.nn.Module:
@@ -67,15 +47,8 @@ def load_model(config: dict) -> torch.nn.Module:
 
 
 def export_onnx(model: torch.nn.Module, path: Path, names: tuple[str, ...], sample: torch.Tensor) -> None:
-    """ONNX (opset 17) through the TorchScript-based exporter, which needs no extra packages."""
-    dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
-    for n in names:
-        dynamic[n] = {0: "batch", 2: f"{n}_height", 3: f"{n}_width"}
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notices
-        torch.onnx.export(TupleOutputs(model, names).eval(), (sample,), str(tmp), input_names=["image"],
-                          output_names=list(names), dynamic_axes=dynamic, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
+    """ONNX (opset 17, dynamic batch / height / width), written atomically."""
+    atomic_write_bytes(path, onnx_bytes(model, names, sample))
 
 
 def export_torchscript(model: torch.nn.Module, path: Path, names: tuple[str, ...], sample: torch.Tensor) -> None:
@@ -93,15 +66,7 @@ def export_torchscript(model: torch.nn.Module, path: Path, names: tuple[str, ...
 def exported_runner(path: Path, fmt: str, threads: int | None = None):
     """A function ``image (numpy B x 1 x H x W float32) -> list of numpy outputs`` for the file."""
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        # no busy-waiting of the worker threads after a run: it starves the post-processing
-        # that follows on the same cores (measured on 2 cores: 10x slower post-processing)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(str(path), threads)
         return lambda image: session.run(None, {"image": image})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notices

@@ -96,7 +96,7 @@ class Frontend:
         return FrontendOutput(kp, desc, heat, raw)
 
 
-ENGINES = ("fast", "eager")
+ENGINES = ("fast", "eager", "onnxruntime")
 
 
 def inference_frontend(model: torch.nn.Module, config: dict, device: torch.device | None = None) -> Frontend:
@@ -105,7 +105,9 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     Reads ``inference.engine`` / ``precision`` / ``channels_last`` / ``strip_rows`` and the
     keypoint settings of ``model:``. The fast engine copies the weights into a
     :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
-    engine runs ``model`` itself under autocast. Either way the outputs are float32.
+    engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
+    ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision.
+    Either way the outputs are float32.
     """
     from models.inference import PRECISIONS, FastSuperPoint, folded_layers, resolve_inference_precision
     from utils.config import ConfigError
@@ -118,6 +120,12 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     precision = resolve_inference_precision(inf.get("precision", "auto"), device, config.get("precision", "auto"))
     model = model.to(device).eval()
     settings = keypoint_settings(config["model"])
+    if engine == "onnxruntime":
+        if device.type != "cpu":
+            raise ConfigError(f"inference.engine: onnxruntime runs on the CPU only (device is {device}); "
+                              f"use fast or eager")
+        from models.onnx_runtime import OnnxRuntimeNetwork
+        return Frontend(OnnxRuntimeNetwork(model), **settings)
     if engine == "fast":
         try:
             folded_layers(model)

@@ -147,3 +147,18 @@ def test_stand_in_weights_are_seeded_and_detector_like():
     yy, xx = np.mgrid[0:64, 0:64]
     checker = torch.from_numpy(((yy // 8 + xx // 8) % 2).astype(np.float32))[None, None]
     assert int(fe(checker).keypoints.mask.sum()) > 0
+
+
+def test_onnxruntime_engine_gives_the_fp32_keypoints():
+    cfg = {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4},
+           "inference": {"engine": "onnxruntime", "precision": "auto"}}
+    model = seeded_stand_in(SuperPointNet_gauss2(), seed=3)
+    image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(1))
+    ort = inference_frontend(model, cfg, torch.device("cpu"))
+    want = Frontend(model, **KP)(image)
+    got = ort(image)
+    assert got.raw["semi"].shape == (2, 65, 8, 12)
+    assert (got.raw["semi"] - want.raw["semi"]).abs().max() <= 1e-4
+    for a, b in zip(got.keypoints.to_list(), want.keypoints.to_list()):
+        assert len(a) == len(b) and _agreement(a[:, :2], b[:, :2]) == 1.0
+    assert not model.training  # the export must not leave the model in training mode
