@@ -1,6 +1,6 @@
 """Inference speed of the SuperPoint front end: images -> keypoints, scores, descriptors.
 
-    python benchmarks/inference.py                      # prints the markdown table (about 3 min)
+    python benchmarks/inference.py                      # prints the markdown table (5-8 min)
     python benchmarks/inference.py --frames 4 --rounds 2 --sizes 240x320
 
 Every path turns the same real photographs (gray, centre-cropped to 4:3, resized) into
@@ -21,9 +21,10 @@ the machine's load hit every path alike), each path running every frame after ``
 untimed frames; the tables give medians per frame (``best``: the fastest frame, what the path
 does when the machine leaves it alone). ``post`` is everything after the network
 (heatmap, NMS, border, top-k, descriptor sampling). The fp32 and bf16 matrix-multiply peaks
-are measured in the same run (best of 3 large products); the FLOP bound of a forward is its
-FLOPs divided by that peak, and ``fwd / bound`` how far a path is from it. The load average
-is printed: other jobs on a shared machine make every number slower, re-run at a quiet time.
+are measured in the same run (large products at the start and once per round, best kept); the
+FLOP bound of a forward is its FLOPs divided by that peak (each layer at the peak of the dtype it
+runs in), and ``forward / FLOP bound`` how far a path is from it. The load average is printed:
+other jobs on a shared machine make every number slower, so re-run at a quiet time.
 ``CPU ms`` is the process CPU time per frame summed over threads: on a quiet machine it is about
 ``threads x end-to-end``; much less means the process was waiting for a core.
 
@@ -330,14 +331,19 @@ def pooled_agreement(pairs) -> tuple[float, float]:
     return pooled, min(agreement(a, b) for a, b in pairs)
 
 
-def time_paths(paths, frames, rounds: int, warmup: int, desc: str) -> dict:
-    """Per path: lists of per-frame forward and post-processing seconds."""
+def time_paths(paths, frames, rounds: int, warmup: int, desc: str, peaks: dict | None = None) -> dict:
+    """Per path: lists of per-frame forward and post-processing seconds. With ``peaks``
+    (dtype -> FLOP/s), the matrix-multiply peaks are re-measured once per round and the best kept,
+    so that the peak sees the same machine load as the paths."""
     times = {p.name: {"fwd": [], "post": [], "cpu": []} for p in paths}
     for p in paths:
         for f in frames[:warmup]:
             p.postprocess(p.network(f))
     bar = tqdm(total=rounds * len(paths) * len(frames), desc=desc, unit="frame", file=sys.stderr)
     for r in range(rounds):
+        if peaks is not None:
+            for dt in list(peaks):
+                peaks[dt] = max(peaks[dt], matmul_peak(dt, sizes=(2048,), repeats=1) * 1e9)
         order = paths[r % len(paths):] + paths[:r % len(paths)]
         for p in order:
             for f in frames:
@@ -475,8 +481,8 @@ def main(argv=None) -> int:
     photos = pick_photos(args.images or shared_photos_dir(), args.frames)
 
     peaks = {torch.float32: matmul_peak(torch.float32) * 1e9}
-    peaks[torch.bfloat16] = matmul_peak(torch.bfloat16) * 1e9 if cpu_supports_bf16() else peaks[torch.float32]
-    peaks[torch.float16] = peaks[torch.float32]
+    if cpu_supports_bf16():
+        peaks[torch.bfloat16] = matmul_peak(torch.bfloat16) * 1e9
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_paths(model, args.threads, Path(tmp), set(args.paths) if args.paths else None)
@@ -488,7 +494,9 @@ def main(argv=None) -> int:
             flops_by_size[size] = layer_flops(model, size)
             baseline[size] = [eager(torch.from_numpy(f)[None, None]).keypoints.to_list()[0][:, :2].numpy()
                               for f in frames]
-            times_by_size[size] = time_paths(paths, frames, args.rounds, args.warmup, f"{size[0]}x{size[1]}")
+            times_by_size[size] = time_paths(paths, frames, args.rounds, args.warmup, f"{size[0]}x{size[1]}", peaks)
+        peaks.setdefault(torch.bfloat16, peaks[torch.float32])  # no native bf16: emulated, no faster
+        peaks[torch.float16] = peaks[torch.float32]
         table = cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseline)
     load_end = os.getloadavg()
 
@@ -500,7 +508,8 @@ def main(argv=None) -> int:
            f"bf16 instructions: {'yes' if cpu_supports_bf16() else 'no'}; torch {torch.__version__}; "
            f"OMP_WAIT_POLICY {OMP_POLICY}; "
            f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at the end.",
-           f"- Matrix-multiply peak (best of 2048^2 and 4096^2, 3 runs each): fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, "
+           f"- Matrix-multiply peak (best of 2048^2 and 4096^2 products at the start and one 2048^2 product per "
+           f"timing round): fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, "
            f"bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s.",
            f"- Forward FLOPs ({args.model}): {flop_lines}.",
            f"- Frames: {len(photos)} photos ({', '.join(p.parent.name for p in photos)}), "
