@@ -107,7 +107,8 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
     engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
     ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision.
-    Either way the outputs are float32.
+    Post-processing is float32 in every case. ``model`` itself is moved to ``device`` and put in
+    eval mode (and, for the eager engine, to channels-last).
     """
     from models.inference import PRECISIONS, FastSuperPoint, folded_layers, resolve_inference_precision
     from utils.config import ConfigError
