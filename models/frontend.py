@@ -7,6 +7,10 @@
 
 Post-processing (threshold, NMS, border removal, top-k, subpixel) is ``utils.keypoints``'s,
 batched, on the model's device.
+
+For deployment, ``inference_frontend(model, config)`` picks the fastest safe network arrangement
+and precision for the device from the config's ``inference:`` section (see
+``configs/defaults/inference.yaml`` and docs/DEPLOYMENT.md).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.cli import resolve_device
 from utils.keypoints import Keypoints, extract_keypoints, sample_descriptors, semi_to_heatmap
 
 
@@ -53,12 +58,19 @@ class FrontendOutput:
 
 
 class Frontend:
-    """Wraps a SuperPoint network with the keypoint post-processing."""
+    """Wraps a SuperPoint network with the keypoint post-processing.
+
+    ``model`` is any module returning ``{"semi", "desc"[, "seg"]}`` (an ``nn.Module`` as is, or a
+    :class:`models.inference.FastSuperPoint`). ``autocast_dtype`` runs it under autocast;
+    ``channels_last`` converts the model and the images to the channels-last layout once.
+    """
 
     def __init__(self, model: torch.nn.Module, detection_threshold: float = 0.015, nms_radius: int = 4,
                  border: int = 4, top_k: int | None = None, subpixel: bool = False, patch_size: int = 5,
-                 autocast_dtype: torch.dtype | None = None, drop_classes: list[int] | None = None):
-        self.model = model
+                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+                 drop_classes: list[int] | None = None):
+        self.channels_last = channels_last
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.detection_threshold = detection_threshold
         self.nms_radius = nms_radius
         self.border = border
@@ -71,16 +83,28 @@ class Frontend:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> FrontendOutput:
+        """``images``: ``B x 1 x H x W`` float gray in [0, 1]."""
+        return self.postprocess(self.network(images))
+
+    @torch.no_grad()
+    def network(self, images: torch.Tensor) -> dict:
+        """The network's raw outputs (``semi``, ``desc``[, ``seg``]) for ``B x 1 x H x W`` images."""
         images = images.to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                raw = self.model(images)
-        else:
-            raw = self.model(images)
+                return self.model(images)
+        return self.model(images)
+
+    @torch.no_grad()
+    def postprocess(self, raw: dict) -> FrontendOutput:
+        """Heatmap, keypoints and their descriptors from the network's raw outputs."""
         heat = semi_to_heatmap(raw["semi"])
         if self.drop_classes:
             heat = heat * keep_mask(raw, self.drop_classes, heat.shape[-2:])
@@ -88,3 +112,46 @@ class Frontend:
                                self.top_k, self.subpixel, self.patch_size)
         desc = sample_descriptors(raw["desc"].float(), kp.points)
         return FrontendOutput(kp, desc, heat, raw)
+
+
+ENGINES = ("fast", "eager", "onnxruntime")
+
+
+def inference_frontend(model: torch.nn.Module, config: dict, device: torch.device | None = None) -> Frontend:
+    """The deployment front end for ``model`` on ``device`` (default: the config's ``device``).
+
+    Reads ``inference.engine`` / ``precision`` / ``channels_last`` / ``strip_rows`` and the
+    keypoint settings of ``model:``. The fast engine copies the weights into a
+    :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
+    engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
+    ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision.
+    Post-processing is float32 in every case. ``model`` itself is moved to ``device`` and put in
+    eval mode (and, for the eager engine, to channels-last).
+    """
+    from models.inference import PRECISIONS, FastSuperPoint, folded_layers, resolve_inference_precision
+    from utils.config import ConfigError
+
+    inf = config.get("inference") or {}
+    device = device or resolve_device(config.get("device", "auto"))
+    engine = inf.get("engine", "fast")
+    if engine not in ENGINES:
+        raise ConfigError(f"inference.engine: unknown value {engine!r} (expected {' or '.join(ENGINES)})")
+    precision = resolve_inference_precision(inf.get("precision", "auto"), device, config.get("precision", "auto"))
+    model = model.to(device).eval()
+    settings = keypoint_settings(config["model"])
+    if engine == "onnxruntime":
+        if device.type != "cpu":
+            raise ConfigError(f"inference.engine: onnxruntime runs on the CPU only (device is {device}); "
+                              f"use fast or eager")
+        from models.onnx_runtime import OnnxRuntimeNetwork
+        return Frontend(OnnxRuntimeNetwork(model), **settings)
+    if engine == "fast":
+        try:
+            folded_layers(model)
+        except TypeError:
+            engine = "eager"  # not a SuperPoint layout the fast engine knows
+    if engine == "fast":
+        net = FastSuperPoint(model, precision, strip_rows=int(inf.get("strip_rows", 64)))
+        return Frontend(net, **settings)
+    amp = None if precision in ("fp32", "mixed") else PRECISIONS[precision][0]
+    return Frontend(model, **settings, autocast_dtype=amp, channels_last=bool(inf.get("channels_last", True)))

@@ -129,3 +129,81 @@ def test_soft_argmax_recovers_subpixel_peak():
     heat = torch.exp(-((xx - true[0]) ** 2 + (yy - true[1]) ** 2) / (2 * 0.8 ** 2))[None, None]
     ref = soft_argmax_refine(heat, torch.tensor([[[9.0, 11.0]]]), patch_size=5)[0, 0]
     assert abs(ref[0] - true[0]) < 0.05 and abs(ref[1] - true[1]) < 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# full extraction against a per-image, plain-loop reference
+# --------------------------------------------------------------------------------------------
+def extract_reference(heat: np.ndarray, threshold: float, radius: int, border: int, top_k):
+    """One image, plain loops: greedy NMS, then border removal, then the best ``top_k``.
+
+    Returns a list of (x, y, score) by decreasing score, ties in row-major order.
+    """
+    h, w = heat.shape
+    kept = greedy_nms_reference(heat, radius, threshold) if radius > 0 else heat >= threshold
+    pts = []
+    for y in range(h):
+        for x in range(w):
+            if kept[y, x] and border <= x <= w - 1 - border and border <= y <= h - 1 - border:
+                pts.append((x, y, float(heat[y, x])))
+    pts.sort(key=lambda p: (-p[2], p[1] * w + p[0]))
+    return pts[:top_k] if top_k else pts
+
+
+def _extraction_cases():
+    rng = np.random.default_rng(7)
+    heat = np.round(rng.random((3, 29, 37)) * 8) / 8  # many ties
+    heat[1] *= 0.4  # second image: far fewer points above the threshold
+    heat[2, :, :] = 0.0
+    heat[2, 0, 5] = heat[2, 28, 36] = heat[2, 3, 3] = heat[2, 14, 0] = 0.9  # on / near the border
+    heat[2, 3, 4] = 0.9  # a tie next to (3, 3): the lower row-major index wins
+    return heat.astype(np.float32)
+
+
+@pytest.mark.parametrize("radius,border,top_k", [(1, 0, None), (2, 3, None), (4, 4, 25), (3, 1, 5), (0, 2, 10)])
+@pytest.mark.parametrize("dense_rounds", [False, True])
+def test_extract_keypoints_equals_per_image_reference(radius, border, top_k, dense_rounds, monkeypatch):
+    import utils.keypoints as K
+    if dense_rounds:  # force the whole-map rounds instead of the candidate gathers
+        monkeypatch.setattr(K, "_DENSE_ROUND_RATIO", 0.0)
+    heat = _extraction_cases()
+    kp = extract_keypoints(torch.from_numpy(heat)[:, None], 0.3, radius, border, top_k)
+    counts = []
+    for b in range(heat.shape[0]):
+        want = extract_reference(heat[b], 0.3, radius, border, top_k)
+        counts.append(len(want))
+        m = kp.mask[b]
+        assert int(m.sum()) == len(want)
+        assert not m[len(want):].any() and m[:len(want)].all()  # padding only at the end
+        got = [(int(x), int(y), float(s)) for (x, y), s in zip(kp.points[b][m].tolist(), kp.scores[b][m].tolist())]
+        assert got == want
+    assert len(set(counts)) > 1  # the batch really mixes different counts
+    assert kp.points.shape[1] == max(counts)
+
+
+def test_max_pool_matches_torch_max_pool():
+    from utils.keypoints import _max_pool
+    x = torch.rand(2, 1, 19, 26) - 0.5  # negative values: padding must not win
+    for r in range(1, 6):
+        assert torch.equal(_max_pool(x, r), F.max_pool2d(x, 2 * r + 1, stride=1, padding=r))
+
+
+def test_nms_on_a_flat_map_keeps_a_regular_lattice():
+    # all scores equal: greedy in row-major order keeps every (r+1)-th pixel in both directions
+    heat = torch.full((1, 1, 10, 13), 0.5)
+    kept = nms(heat, 2, 0.1)[0, 0]
+    ys, xs = torch.nonzero(kept, as_tuple=True)
+    assert set(ys.tolist()) == {0, 3, 6, 9} and set(xs.tolist()) == {0, 3, 6, 9, 12}
+    assert int(kept.sum()) == 20
+
+
+def test_subpixel_keeps_padding_and_refines_real_points():
+    heat = torch.zeros(2, 1, 16, 16)
+    heat[0, 0, 8, 8] = 1.0
+    heat[0, 0, 8, 9] = 0.5  # pulls the refined x to the right; suppressed by NMS
+    heat[1, 0, 4, 4] = 0.8
+    heat[1, 0, 12, 12] = 0.7
+    kp = extract_keypoints(heat, 0.1, 2, 0, subpixel=True, patch_size=3)
+    assert kp.mask.tolist() == [[True, False], [True, True]]
+    assert kp.points[0, 0].tolist() == pytest.approx([8 + 0.5 / 1.5, 8.0])
+    assert kp.points[0, 1].tolist() == [0.0, 0.0]

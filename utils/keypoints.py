@@ -92,38 +92,125 @@ def semi_to_heatmap(semi: torch.Tensor, cell: int = CELL) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # non-maximum suppression
 # --------------------------------------------------------------------------------------------
+def _window_max_1d(x: torch.Tensor, dim: int, radius: int) -> torch.Tensor:
+    """Max over ``[i - r, i + r]`` along ``dim`` (outside the tensor counts as -inf).
+
+    Doubling: after step j each entry holds the max of 2^j neighbours, so a window of 2r+1 takes
+    about log2(2r+1) element-wise maxima (much faster on CPU than ``max_pool2d``).
+    """
+    n = x.shape[dim]
+    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [radius, radius]
+    m = F.pad(x, pad, value=float("-inf"))
+    width, k = 1, 2 * radius + 1
+    while 2 * width <= k:
+        length = m.shape[dim] - width
+        m = torch.maximum(m.narrow(dim, 0, length), m.narrow(dim, width, length))
+        width *= 2
+    rest = k - width
+    if rest:
+        length = m.shape[dim] - rest
+        m = torch.maximum(m.narrow(dim, 0, length), m.narrow(dim, rest, length))
+    return m.narrow(dim, 0, n)
+
+
 def _max_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Max over a (2r+1)^2 square window, separable (two 1-D pools)."""
-    k = 2 * radius + 1
-    x = F.max_pool2d(x, kernel_size=(1, k), stride=1, padding=(0, radius))
-    return F.max_pool2d(x, kernel_size=(k, 1), stride=1, padding=(radius, 0))
+    """Max over a (2r+1)^2 square window (same size as ``x``), separable: rows, then columns."""
+    return _window_max_1d(_window_max_1d(x, -1, radius), -2, radius)
+
+
+def _rank_dtype(n: int) -> torch.dtype:
+    # ranks are compared as floats (max-pool needs a float map on every device): exact below 2^24
+    return torch.float32 if n < 2 ** 24 else torch.float64
 
 
 def candidate_ranks(heat: torch.Tensor, threshold: float) -> torch.Tensor:
     """Unique positive rank of every pixel with ``heat >= threshold`` (0 elsewhere).
 
     Higher score -> higher rank; equal scores are ordered by position, the lower row-major index
-    ranking higher. Returns a float32 ``B x 1 x H x W`` map (exact for up to 2^24 candidates).
+    ranking higher. Returns a ``B x 1 x H x W`` float map (float32, or float64 beyond 2^24
+    candidates, so that every rank is exact).
     """
     B, _, H, W = heat.shape
     flat = heat.reshape(-1)
-    cand = torch.nonzero(flat >= threshold).squeeze(1)  # ascending index = (b, row-major)
-    ranks = torch.zeros_like(flat, dtype=torch.float32)
-    if cand.numel() == 0:
-        return ranks.view(B, 1, H, W)
-    order = torch.sort(flat[cand], descending=True, stable=True).indices  # ties keep index order
-    ranks[cand[order]] = torch.arange(cand.numel(), 0, -1, device=heat.device, dtype=torch.float32)
+    cand, _ = _sorted_candidates(flat, threshold)
+    ranks = torch.zeros_like(flat, dtype=_rank_dtype(cand.numel()))
+    ranks[cand] = torch.arange(cand.numel(), 0, -1, device=heat.device, dtype=ranks.dtype)
     return ranks.view(B, 1, H, W)
+
+
+def _sorted_candidates(flat: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices and scores of ``flat >= threshold``, by decreasing score, ties by index."""
+    cand = torch.nonzero(flat >= threshold).squeeze(1)  # ascending index = (b, row-major)
+    scores = flat[cand]
+    order = torch.sort(scores, descending=True, stable=True).indices  # ties keep index order
+    return cand[order], scores[order]
+
+
+# Above this many (window element x unresolved candidate) pairs per pixel of the image, a dense
+# max-pool round over the whole map is cheaper than gathering windows around the candidates.
+_DENSE_ROUND_RATIO = 4.0
+
+
+def greedy_nms_indices(heat: torch.Tensor, radius: int, threshold: float = 0.0) -> torch.Tensor:
+    """Exact greedy NMS; returns the flat indices (into ``B*H*W``) of the kept points.
+
+    Greedy NMS (as in MagicLeap's front end) visits candidates (``heat >= threshold``) by
+    decreasing score and keeps one unless a kept point lies within the (2r+1)^2 square around it;
+    equal scores are visited in row-major order. The same set is computed in parallel rounds: a
+    candidate ranking highest among the unresolved candidates of its window is kept and its window
+    is suppressed; the rest stay unresolved. Work is restricted to the candidates: each round
+    gathers the windows of the still-unresolved ones from a padded rank map (a dense max-pool
+    round is used instead while they are too many for that to pay off). The number of rounds is
+    the length of the longest chain of overlapping windows with decreasing scores.
+
+    Args:
+        heat: ``B x 1 x H x W`` scores; radius >= 0 (0 keeps every candidate).
+    Returns:
+        int64 indices into ``heat.reshape(-1)``, ordered by decreasing score (ties: lower index
+        first), i.e. in the order greedy NMS keeps them.
+    """
+    B, _, H, W = heat.shape
+    flat = heat.reshape(-1)
+    cand, _ = _sorted_candidates(flat, threshold)
+    n = cand.numel()
+    if radius <= 0 or n == 0:
+        return cand
+    r = int(radius)
+    dev = heat.device
+    hp, wp = H + 2 * r, W + 2 * r
+    b, rem = torch.div(cand, H * W, rounding_mode="floor"), cand % (H * W)
+    y, x = torch.div(rem, W, rounding_mode="floor"), rem % W
+    pos = b * (hp * wp) + (y + r) * wp + (x + r)  # candidate i (rank n - i) in the padded map
+    ranks = torch.zeros(B * hp * wp, device=dev, dtype=_rank_dtype(n))
+    ranks[pos] = torch.arange(n, 0, -1, device=dev, dtype=ranks.dtype)
+    d = torch.arange(-r, r + 1, device=dev)
+    offsets = (d[:, None] * wp + d[None, :]).reshape(-1)  # the (2r+1)^2 window, row-major
+    k = offsets.numel()
+    unresolved = torch.arange(n, device=dev)  # candidate ids, ascending = decreasing score
+    kept = []
+    while unresolved.numel():
+        p = pos[unresolved]
+        if unresolved.numel() * k > _DENSE_ROUND_RATIO * ranks.numel():
+            grid = ranks.view(B, 1, hp, wp)
+            is_max_map = (grid > 0) & (grid == _max_pool(grid, r))
+            is_max = is_max_map.view(-1)[p]
+            sup = _max_pool(is_max_map.to(ranks.dtype), r).view(-1) > 0
+            ranks.masked_fill_(sup, 0)
+        else:
+            own = ranks[p]
+            is_max = ranks[p[:, None] + offsets].amax(dim=1) == own
+            ranks[(p[is_max, None] + offsets).reshape(-1)] = 0
+        kept.append(unresolved[is_max])
+        unresolved = unresolved[~is_max]
+        unresolved = unresolved[ranks[pos[unresolved]] > 0]
+    ids = torch.sort(torch.cat(kept)).values
+    return cand[ids]
 
 
 def nms(heat: torch.Tensor, radius: int, threshold: float = 0.0) -> torch.Tensor:
     """Exact greedy non-maximum suppression on a heatmap, batched and on any device.
 
-    Greedy NMS (as in MagicLeap's front end) visits candidates (``heat >= threshold``) by
-    decreasing score and keeps one unless a kept point lies within the (2r+1)^2 square around it.
-    The same set is computed in parallel: a candidate that is the highest of the unresolved
-    candidates in its window is kept, its window is suppressed, and this repeats until nothing is
-    unresolved. Ties are broken by position (lower row-major index first).
+    See :func:`greedy_nms_indices` for the rule (decreasing score, ties by row-major position).
 
     Args:
         heat: ``B x 1 x H x W`` scores; radius: NMS radius in pixels (0 keeps every candidate).
@@ -132,16 +219,9 @@ def nms(heat: torch.Tensor, radius: int, threshold: float = 0.0) -> torch.Tensor
     """
     if radius <= 0:
         return heat >= threshold
-    alive = candidate_ranks(heat, threshold)
-    kept = torch.zeros_like(alive, dtype=torch.bool)
-    while True:
-        is_max = (alive > 0) & (alive == _max_pool(alive, radius))
-        if not bool(is_max.any()):
-            break
-        kept |= is_max
-        suppressed = _max_pool(is_max.float(), radius) > 0
-        alive = alive.masked_fill(suppressed, 0.0)
-    return kept
+    kept = torch.zeros(heat.numel(), dtype=torch.bool, device=heat.device)
+    kept[greedy_nms_indices(heat, radius, threshold)] = True
+    return kept.view(heat.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,33 +261,41 @@ def extract_keypoints(heat: torch.Tensor, threshold: float, nms_radius: int, bor
     Args:
         heat: ``B x 1 x H x W`` probabilities.
         threshold: keep scores ``>= threshold``.
-        nms_radius: see :func:`nms`.
+        nms_radius: see :func:`nms` (applied to all candidates, before border removal).
         border: drop points closer than ``border`` pixels to the image edge (after NMS).
         top_k: keep at most this many per image (None or <= 0: all).
         subpixel: refine each position by :func:`soft_argmax_refine` over a ``patch_size`` patch.
     Returns:
-        :class:`Keypoints` with K = min(top_k, most points in any image of the batch).
+        :class:`Keypoints` with K = min(top_k, most points in any image of the batch); within an
+        image by decreasing score, equal scores in row-major order.
     """
     B, _, H, W = heat.shape
-    kept = nms(heat, nms_radius, threshold)
+    dev = heat.device
+    idx = greedy_nms_indices(heat, nms_radius, threshold)  # by decreasing score over the batch
+    b, rem = torch.div(idx, H * W, rounding_mode="floor"), idx % (H * W)
+    y, x = torch.div(rem, W, rounding_mode="floor"), rem % W
     if border > 0:
-        kept &= border_mask((H, W), border, heat.device)
-    scores = torch.where(kept, heat.float(), torch.full_like(heat, -1.0, dtype=torch.float32)).view(B, -1)
-    counts = kept.view(B, -1).sum(dim=1)
-    k = int(counts.max()) if B else 0
+        inside = (x >= border) & (x <= W - 1 - border) & (y >= border) & (y <= H - 1 - border)
+        idx, b, x, y = idx[inside], b[inside], x[inside], y[inside]
+    # group by image, keeping the score order inside each image
+    order = torch.sort(b, stable=True).indices
+    idx, b, x, y = idx[order], b[order], x[order], y[order]
+    counts = torch.bincount(b, minlength=B)
+    slot = torch.arange(b.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[b]
+    k = int(counts.max()) if B and b.numel() else 0
     if top_k is not None and top_k > 0:
         k = min(k, int(top_k))
-    if k == 0:
-        z = heat.new_zeros(B, 0)
-        return Keypoints(heat.new_zeros(B, 0, 2), z, z.bool())
-    # sort by score then by index, so that ties keep a fixed order on every device
-    top = torch.sort(scores, dim=1, descending=True, stable=True)
-    s, idx = top.values[:, :k], top.indices[:, :k]
-    mask = s >= 0
-    points = torch.stack([(idx % W), torch.div(idx, W, rounding_mode="floor")], dim=-1).float()
-    if subpixel:
-        points = soft_argmax_refine(heat, points, patch_size)
-    return Keypoints(points, s.clamp(min=0), mask)
+        keep = slot < k
+        idx, b, x, y, slot = idx[keep], b[keep], x[keep], y[keep], slot[keep]
+    points = torch.zeros(B, k, 2, device=dev, dtype=torch.float32)
+    scores = torch.zeros(B, k, device=dev, dtype=torch.float32)
+    mask = torch.zeros(B, k, device=dev, dtype=torch.bool)
+    points[b, slot] = torch.stack([x, y], dim=-1).float()
+    scores[b, slot] = heat.reshape(-1)[idx].float()
+    mask[b, slot] = True
+    if subpixel and k:
+        points = torch.where(mask[..., None], soft_argmax_refine(heat, points, patch_size), points)
+    return Keypoints(points, scores, mask)
 
 
 def soft_argmax_refine(heat: torch.Tensor, points: torch.Tensor, patch_size: int = 5) -> torch.Tensor:
