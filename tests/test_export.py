@@ -89,9 +89,10 @@ def test_export_errors_are_one_line(embedded, random_weights, tmp_path, capsys):
     assert export.main(["export_descriptor", str(cfg), "x", "--set", "pretrained=missing/file.pth"]) == 2
     assert "missing/file.pth" in capsys.readouterr().err
 
-    assert export.main(["export_model", str(cfg), "x"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not available yet" in err and "\n" not in err
+    for argv in (["export_model", str(cfg), "x", "--format", "tflite"], ["export_unknown", str(cfg), "x"]):
+        with pytest.raises(SystemExit) as e:  # argparse rejects the choice
+            export.main(argv)
+        assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
     assert export.main(["export_descriptor", str(cfg), "x", "--export-segmentation", "--set", f"pretrained={random_weights}",
                         "--set", "data.preprocessing.resize=[64, 64]", "--set", "eval_iter=1"]) == 2
