@@ -340,6 +340,8 @@ class Trainer:
         t0, seen = time.perf_counter(), 0
         bar = tqdm(total=total, initial=self.n_iter, desc=self.name, disable=not self.is_main, dynamic_ncols=True)
         clip = float(cfg["model"].get("grad_clip", 0.0))
+        limit = float(cfg.get("time_limit_minutes", 0.0)) * 60
+        started = time.monotonic()
         stopped = False
         try:
             with _StopFlag() as stop:
@@ -396,6 +398,9 @@ class Trainer:
                         self.save(last_loss)
                     stopped = stopping if self.distributed else stop.signal is not None
                     if stopped or it >= total:
+                        break
+                    if limit > 0 and self._agree([time.monotonic() - started > limit])[0]:
+                        self._log(f"time limit of {limit / 60:g} min reached at iteration {it}")
                         break
         except BaseException:
             bar.close()  # so that an error message starts on its own line
