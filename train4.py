@@ -9,11 +9,11 @@ Checkpoints and the resolved config go to ``<EXPER_PATH>/<folder>/``, TensorBoar
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from utils.cli import add_config_overrides, main_guard
 from utils.config import load_config
+from utils.registry import lookup
 
 TASKS = {
     "train_base": "training.magicpoint:MagicPointTask",
@@ -36,8 +36,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    module, cls = TASKS[args.task].split(":")
-    task = getattr(importlib.import_module(module), cls)(config)
+    task = lookup(TASKS, args.task, "training task")(config)
     from training.distributed import launch
 
     launch(config, args.exper_name, task, do_eval=args.eval, debug=args.debug)

@@ -13,7 +13,7 @@ made on the batch, on the training device (``datasets.augmentation``, ``datasets
 """
 from __future__ import annotations
 
-import importlib
+from utils.registry import lookup
 
 # dataset name (and the reference implementation's spellings) -> "module:Class"
 DATASETS = {
@@ -37,17 +37,8 @@ ALIASES = {
 
 
 def dataset_class(name: str):
-    key = ALIASES.get(name, name)
-    if key not in DATASETS:
-        raise ValueError(f"data.dataset: unknown dataset {name!r} (expected one of {', '.join(DATASETS)})")
-    module, cls = DATASETS[key].split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise NotImplementedError(f"data.dataset: {key!r} is not implemented yet ({module} is missing)") from None
-        raise
-    return getattr(mod, cls)
+    """The dataset class registered as ``name`` (or one of its reference spellings)."""
+    return lookup(DATASETS, ALIASES.get(name, name), "data.dataset")
 
 
 def get_dataset(config: dict, split: str, pairs: bool = False):

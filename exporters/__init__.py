@@ -1,26 +1,35 @@
 """Export tasks run by ``export.py`` / ``export_classical.py``.
 
 Each task is a module with ``run(config, export_dir, args) -> int``; the command lines map task
-names to ``"module:function"`` strings and import them only when asked for.
+names to ``"module:function"`` strings (imported only when asked for) and share :func:`main`.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Callable
+import argparse
 
-from utils.cli import UserError
+import settings
+from utils.config import dump_config, load_config
+from utils.registry import lookup
 
 
-def load_task(registry: dict, task: str) -> Callable:
-    """The function registered for ``task``; a one-line :class:`UserError` if it is missing."""
-    if task not in registry:
-        raise UserError(f"unknown export task {task!r} (expected one of {', '.join(registry)})")
-    module, func = registry[task].split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise UserError(f"export task '{task}' is not available yet ({module.replace('.', '/')}.py "
-                            f"is missing)") from None
-        raise
-    return getattr(mod, func)
+def export_parser(description: str, tasks: dict) -> argparse.ArgumentParser:
+    """The arguments every export command takes: task, config, export folder, --set."""
+    from utils.cli import add_config_overrides
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=list(tasks), help="what to export")
+    parser.add_argument("config", help="YAML config (merged over configs/defaults)")
+    parser.add_argument("exper_name", metavar="export_folder", help="output folder under EXPER_PATH (logs/)")
+    add_config_overrides(parser)
+    return parser
+
+
+def main(parser: argparse.ArgumentParser, tasks: dict, argv: list[str] | None = None) -> int:
+    """Parse, load the config, copy it to ``<EXPER_PATH>/<folder>/config.yml``, run the task."""
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    run = lookup(tasks, args.task, "export task")
+    export_dir = settings.exper_path() / args.exper_name
+    export_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, export_dir / "config.yml")
+    return run(config, export_dir, args)

@@ -18,8 +18,8 @@ import datasets
 import settings
 from models import build_model
 from training.checkpoints import list_checkpoints, load_checkpoint
-from training.superpoint import SuperPointTask
 from training.trainer import Trainer
+from tests.fixtures.recorder import Recorder
 from utils.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,15 +33,6 @@ OVERRIDES = ["data.dataset=squares", "data.warped_pair.enable=true", "data.augme
 B = 2
 
 
-class Recorder(SuperPointTask):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.losses = []
-
-    def loss(self, model, prepared):
-        loss, logs = super().loss(model, prepared)
-        self.losses.append(float(loss.detach()))
-        return loss, logs
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from training.superpoint import SuperPointTask, matching_counts, mutual_nn_match
 from training.trainer import Trainer
 from utils.config import ConfigError, load_config
 from utils.keypoints import Keypoints
+from tests.fixtures.recorder import Recorder
 
 CPU = torch.device("cpu")
 
@@ -70,15 +71,6 @@ def test_a_short_run_lowers_detector_and_descriptor_losses(kind):
     assert 0.0 <= metrics["matching_accuracy"] <= 1.0
 
 
-class Recorder(SuperPointTask):
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.losses = []
-
-    def loss(self, model, prepared):
-        loss, logs = super().loss(model, prepared)
-        self.losses.append(float(loss.detach()))
-        return loss, logs
 
 
 def test_resume_continues_the_same_loss_curve():
