@@ -53,7 +53,11 @@ def main() -> int:
     p.add_argument("--protocol", choices=["ours", "reference"], default="ours")
     p.add_argument("--workdir", default=None, help="where the synthetic folders go (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic folders")
+    p.add_argument("--export-pairs", type=int, default=0,
+                   help="also time export_descriptor (SuperPointNet, random weights, the default fast "
+                        "inference path) on this many pairs of the embedded HPatches-style set at 240x320")
     args = p.parse_args()
+    export_row = time_export(args.export_pairs, root_hint=args.workdir) if args.export_pairs else None
 
     settings = load_settings(protocol=args.protocol, top_k=args.points)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="eval_speed_"))
@@ -99,7 +103,36 @@ def main() -> int:
     for size_text, n, t, rate, t_load, m in rows:
         print(f"| {size_text} | {n} | {t:.1f} | {rate:.1f} | {t_load:.1f} | {m['repeatability']:.3f} | "
               f"{m['homography_accuracy']['3']:.3f} |")
+    if export_row:
+        n, t = export_row
+        print()
+        print(f"Export for comparison (export_descriptor, SuperPointNet, 240x320, top-k 1000, {n} pairs of the "
+              f"embedded set): {t / n:.2f} s/pair, i.e. {580 * t / n / 60:.1f} min for 580 pairs.")
     return 0
+
+
+def time_export(n_pairs: int, root_hint: str | None = None) -> tuple[int, float]:
+    """Seconds to export ``n_pairs`` pairs with export.py export_descriptor (both images of each pair)."""
+    import argparse as _argparse
+
+    import torch
+
+    from exporters.descriptors import run as export_descriptor
+    from models import build_model
+    from utils.config import load_config
+
+    work = Path(root_hint) if root_hint else Path(tempfile.mkdtemp(prefix="export_speed_"))
+    torch.manual_seed(0)
+    weights = work / "superpoint_random.pth"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save(build_model({"name": "SuperPointNet"}).state_dict(), weights)
+    config = load_config("configs/magicpoint_repeatability_embedded.yaml",
+                         [f"pretrained={weights}", f"eval_iter={n_pairs}"])
+    args = _argparse.Namespace(outputImg=False, export_segmentation=False)
+    export_descriptor(config, work / "export", args)  # warm-up (also builds the embedded set)
+    t0 = time.perf_counter()
+    export_descriptor(config, work / "export", args)
+    return n_pairs, time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -19,29 +19,31 @@ from tqdm import tqdm
 
 from models import build_model, load_weights
 from training.checkpoints import resolve_pretrained
-from models.frontend import Frontend, keypoint_settings
-from utils.cli import UserError, autocast_dtype, resolve_device
+from models.frontend import Frontend, inference_frontend
+from utils.cli import UserError, resolve_device
 from utils.segmentation_labels import class_ids
 
 from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
                                    prepare_output_dirs, save_prediction, save_preview)
 
 
-def export_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for exports: ``auto`` -> fp32; bf16 / fp16 only when asked for."""
-    return None if precision in ("auto", None, "") else autocast_dtype(precision, device)
-
-
 def build_frontend(config: dict) -> Frontend:
-    """The network with its weights, on the configured device, wrapped in the post-processing."""
+    """The network with its weights on the configured device, wrapped in the post-processing.
+
+    The network runs on the deployment engine (``inference.engine``, see docs/DEPLOYMENT.md). Its
+    precision is fp32 unless ``inference.precision`` or ``precision`` asks for another, so that
+    exported keypoints do not depend on the machine.
+    """
     weights = resolve_pretrained(config)
     device = resolve_device(config.get("device", "auto"))
     model = build_model(config["model"])
     load_weights(model, weights, strict=True, weights_only=bool(config.get("weights_only", True)))
-    model.to(device).eval()
-    return Frontend(model, **keypoint_settings(config["model"]),
-                    autocast_dtype=export_precision(config.get("precision", "auto"), device),
-                    drop_classes=dropped_classes(config))
+    inference = dict(config.get("inference") or {})
+    if inference.get("precision", "auto") == "auto" and config.get("precision", "auto") == "auto":
+        inference["precision"] = "fp32"
+    frontend = inference_frontend(model, {**config, "inference": inference}, device)
+    frontend.drop_classes = dropped_classes(config)
+    return frontend
 
 
 def dropped_classes(config: dict) -> list[int]:

@@ -14,6 +14,7 @@ from datasets.embedded_hpatches import ensure_embedded_hpatches
 from exporters.descriptors import detect
 from models import SuperPointNet
 from models.frontend import Frontend
+from models.stand_in import seeded_stand_in
 from utils.geometry import warp_points
 
 KEYS = {"image", "warped_image", "homography", "prob", "warped_prob", "desc", "warped_desc", "name", "pair_index"}
@@ -32,9 +33,8 @@ def embedded(embedded_master):
 
 @pytest.fixture
 def random_weights(tmp_path):
-    torch.manual_seed(0)
     path = tmp_path / "random_superpoint.pth"
-    torch.save(SuperPointNet().state_dict(), path)
+    torch.save(seeded_stand_in(SuperPointNet()).state_dict(), path)  # detector-like seeded weights
     return path
 
 
@@ -76,7 +76,11 @@ def test_export_descriptor_on_embedded_set(embedded, random_weights, tmp_path):
             assert (np.diff(prob[:, 2]) <= 0).all()  # strongest first
         # the stored keypoints are those of the stored image (not of the other one)
         again = frontend(torch.from_numpy(rec["warped_image"])[None, None])
-        np.testing.assert_allclose(rec["warped_prob"][:, :2], again.keypoints.points[0].numpy(), atol=1e-5)
+        # (the export's fast fp32 engine may order near-equal scores differently: compare as sets)
+        want = again.keypoints.points[0].numpy()
+        got = rec["warped_prob"][:, :2]
+        assert len(got) == len(want)
+        np.testing.assert_allclose(got[np.lexsort(got.T)], want[np.lexsort(want.T)], atol=1e-5)
 
 
 def test_export_errors_are_one_line(embedded, random_weights, tmp_path, capsys):
