@@ -433,12 +433,57 @@ def gpu_section(model, photos: list[Path], rounds: int, device=None, precisions=
     return lines
 
 
-def hpatches_comparison(model, paths) -> list[str]:
-    """TODO(lead): homography accuracy and repeatability of each fast path vs eager fp32 on the
-    embedded HPatches-style set (target: unchanged within 0.01). The set and the metrics are
-    being written on other branches; wire them here once merged."""
-    return ["HPatches-style homography accuracy / repeatability vs fp32: **TODO (not measured yet)**: "
-            "needs the embedded HPatches-style set and its metrics from the evaluation branches."]
+def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000) -> list[str]:
+    """Homography accuracy and repeatability of every project path against eager fp32, on the
+    embedded HPatches-style set (50 pairs, ``size``), with the standard evaluation (ours, k = top_k).
+
+    Each path detects on both images of every pair with the benchmark's keypoint settings plus
+    top-k; the predictions are written as ``export_descriptor`` writes them and scored by
+    ``evaluations.hpatches_report``. Target: every fast path within 0.01 of eager fp32.
+    """
+    from datasets.hpatches import HPatches
+    from evaluations.hpatches_report import evaluate_folder
+    from evaluations.protocols import load_settings
+    from exporters.predictions import base_record, keypoint_fields, save_prediction
+    from utils.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs/magicpoint_repeatability_embedded.yaml",
+                         [f"data.preprocessing.resize=[{size[0]}, {size[1]}]"])
+    pairs = HPatches(config, "test")
+    settings = load_settings(top_k=top_k)
+    rows = {}
+    for path in [p for p in paths if isinstance(p, FrontendPath)]:
+        fe = path.frontend
+        old_top_k, fe.top_k = fe.top_k, top_k
+        folder = workdir / "hpatches" / path.name.replace(" ", "_") / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in tqdm(range(len(pairs)), desc=f"HPatches-style: {path.name}", leave=False):
+                item = pairs[i]
+                record = base_record(item, i)
+                for prefix, key in (("", "image"), ("warped_", "warped_image")):
+                    raw = path.network(item[key][0].numpy())
+                    out = path.postprocess(raw)
+                    m = out.keypoints.mask[0]
+                    record.update(keypoint_fields(out.keypoints.points[0][m], out.keypoints.scores[0][m],
+                                                  out.descriptors[0][m], prefix=prefix))
+                save_prediction(folder, i, record)
+        finally:
+            fe.top_k = old_top_k
+        res = evaluate_folder(folder, settings, progress=False)["metrics"]
+        rows[path.name] = (res["homography_accuracy"]["1"], res["homography_accuracy"]["3"],
+                           res["homography_accuracy"]["5"], res["repeatability"], res["mle"])
+    if "eager fp32" not in rows:
+        return ["HPatches-style comparison: needs the 'eager fp32' path (run without --paths)."]
+    base = rows["eager fp32"]
+    lines = [f"HPatches-style set ({len(pairs)} pairs of the embedded set at {size[0]}x{size[1]}, k = {top_k}): "
+             f"homography accuracy and repeatability of each path, and the largest change from eager fp32.", "",
+             "| path | HA eps=1 | eps=3 | eps=5 | repeatability | MLE | max abs change vs fp32 (HA, rep.) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        delta = max(abs(r[j] - base[j]) for j in range(4))
+        lines.append(f"| {name} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {delta:.3f} |")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,6 +510,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", type=Path, help="trained weights (default: seeded stand-in weights)")
     parser.add_argument("--paths", nargs="+", help="only the paths whose names contain one of these words")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
+    parser.add_argument("--no-hpatches", action="store_true",
+                        help="skip the homography accuracy / repeatability comparison on the embedded set")
     parser.add_argument("--omp-wait-policy", choices=["passive", "active", "default"], default="passive",
                         help="OpenMP threads sleep (passive) or spin (active) at barriers; passive is much "
                              "faster when other jobs share the cores (an OMP_WAIT_POLICY already set wins)")
@@ -498,6 +545,7 @@ def main(argv=None) -> int:
         peaks.setdefault(torch.bfloat16, peaks[torch.float32])  # no native bf16: emulated, no faster
         peaks[torch.float16] = peaks[torch.float32]
         table = cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseline)
+        hpatches = hpatches_comparison(paths, Path(tmp)) if not args.no_hpatches else []
     load_end = os.getloadavg()
 
     counts = {s: [len(b) for b in baseline[s]] for s in args.sizes}
@@ -516,7 +564,7 @@ def main(argv=None) -> int:
            f"{args.rounds} rounds, medians per frame; weights: "
            f"{args.weights or 'seeded stand-in (models/stand_in.py)'}; keypoints per frame (eager fp32): "
            + "; ".join(f"{h}x{w}: {min(c)}-{max(c)}" for (h, w), c in counts.items()) + ".",
-           "- " + hpatches_comparison(model, paths)[0], ""] + table
+           ""] + table + [""] + hpatches
     if torch.cuda.is_available():
         out += ["", "#### Inference, CUDA", ""] + gpu_section(model, photos, args.rounds)
     else:
