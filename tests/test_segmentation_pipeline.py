@@ -123,3 +123,28 @@ def test_drop_class_names_resolve_and_bad_names_fail():
     assert class_ids("cs4", ["sky", "dynamic"]) == [2, 3]
     with pytest.raises(ValueError, match="drop_keypoints_on.*unknown class 'skyy'"):
         class_ids("cs34", ["skyy"])
+
+
+def test_joint_training_on_real_coco_panoptic(shared_data, tmp_path):
+    """train_joint with data.dataset: coco_panoptic and load_panoptic: true on the real COCO sample
+    (panoptic PNGs + JSON decoded on the fly into Cityscapes-34 labels)."""
+    torch.set_num_threads(1)
+    src = shared_data / "coco_sample"
+    root = tmp_path / "COCO"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):  # the two sample images serve as both splits
+        (root / f"{split}2017").symlink_to(src / "val2017")
+        (root / "annotations" / f"panoptic_{split}2017").symlink_to(src / "annotations" / "panoptic_val2017")
+        (root / "annotations" / f"panoptic_{split}2017.json").symlink_to(src / "annotations" / "panoptic_val2017.json")
+    cfg = load_config(REPO / "configs/superpoint_cityscapes_finetune.yaml",
+                      overrides(root) + ["data.dataset=coco_panoptic", "data.load_panoptic=true", "train_iter=3",
+                                         "model.batch_size=2", "model.eval_batch_size=2"])
+    task = SuperPointTask(cfg)
+    item = task.datasets()[0][0]
+    assert item["seg"].shape == (128, 256)
+    values = set(item["seg"].unique().tolist())
+    assert values <= set(range(34)) | {255} and len(values - {255}) >= 2  # real classes, void ignored
+    metrics = Trainer(cfg, "coco_seg", task, do_eval=True).train()
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    ck = load_checkpoint(latest_checkpoint(settings.exper_path() / "coco_seg" / "checkpoints"))
+    assert ck["n_iter"] == 3 and any(k.startswith("seg_head.") for k in ck["model_state_dict"])
