@@ -276,9 +276,14 @@ def warped_valid_mask(H_a_to_b: torch.Tensor, size_a, size_b, border: int = 0) -
 
 
 def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary erosion of a ``B x 1 x H x W`` {0,1} mask with a (2r+1)^2 square; outside counts as 0."""
+    """Binary erosion of a ``B x 1 x H x W`` {0,1} mask with a (2r+1)^2 square.
+
+    Outside the image counts as valid: only the boundary between valid and invalid pixels moves,
+    the image's own border stays valid (it is not an artefact of the warp, and the detector must be
+    taught that it is no keypoint).
+    """
     if radius <= 0:
         return mask
     k = 2 * radius + 1
-    inv = F.pad(1 - mask, (radius,) * 4, value=1.0)
+    inv = F.pad(1 - mask, (radius,) * 4, value=0.0)
     return 1 - F.max_pool2d(inv, kernel_size=k, stride=1)
