@@ -79,17 +79,14 @@ _INSIDE_TOL = 1e-6
 
 
 def _erode_bool(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """``utils.geometry.erode`` for a bool ``K x H x W`` mask (outside counts as False), as a
-    separable AND over shifted slices: much cheaper than a (2r+1)^2 max-pool on every view."""
+    """``utils.geometry.erode`` for a bool ``K x H x W`` mask (outside the image counts as valid),
+    as a separable AND over shifted slices: much cheaper than a (2r+1)^2 max-pool on every view."""
     for dim in (-1, -2):
         src, n = mask, mask.shape[dim]
         mask = src.clone()
         for d in range(1, min(radius, n) + 1):
             mask.narrow(dim, 0, n - d).logical_and_(src.narrow(dim, d, n - d))
             mask.narrow(dim, d, n - d).logical_and_(src.narrow(dim, 0, n - d))
-        k = min(radius, n)
-        mask.narrow(dim, 0, k).fill_(False)
-        mask.narrow(dim, n - k, k).fill_(False)
     return mask
 
 
@@ -224,6 +221,10 @@ def homography_adaptation(detector: Callable, image: torch.Tensor, config: Mappi
         # each view samples the image at H^-1 p; each image pixel samples the views at H p
         grid_view, mask_view = _pull(torch.linalg.inv(H.double()), (h, w), margin)
         grid_back, mask_back = _pull(H, (h, w), margin)
+        # an image pixel counts for a view only where the view's own mask holds too: next to an
+        # edge the warp created in the view, the response is an artefact of the black padding
+        mask_back.mul_(F.grid_sample(mask_view, grid_back, mode="nearest", padding_mode="zeros",
+                                     align_corners=True))
         views = _sample(src, grid_view)
         if bool(ident.any()):  # identity views: the image itself, valid everywhere
             views[ident] = src[ident]

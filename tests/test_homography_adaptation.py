@@ -108,8 +108,10 @@ def expected_translation_case(A, shifts, margin, ramp):
             vals.append(A * ramp(xs))
             valid.append(np.ones((h, w), bool))
             continue
-        ok = ((ys >= margin) & (ys <= h - 1 - margin)
-              & (xs >= max(0, -t) + margin) & (xs <= min(w - 1, w - 1 - t) - margin))
+        # the edge the shift creates is eroded in the image (one side) and in the view (the
+        # other side, pulled back); the rows' own borders stay valid
+        lo, hi = max(0, -t) + margin, w - 1 - max(0, t) - margin
+        ok = (xs >= lo) & (xs <= hi) & (ys >= 0)
         vals.append(np.where(ok, A * ramp(xs + t), 0.0))
         valid.append(ok)
     return np.stack(vals), np.stack(valid)
