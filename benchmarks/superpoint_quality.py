@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,11 +55,15 @@ def export_labels(magicpoint: Path, photos: Path, name: str, num: int) -> float:
     from exporters.homography_adaptation import run
 
     t0 = time.perf_counter()
-    for split in ("train", "val"):
-        cfg = load_config(REPO / "configs/magicpoint_folder_export.yaml",
-                          [f"data.root={photos}", f"data.preprocessing.resize={SIZE}", f"pretrained={magicpoint}",
-                           f"data.homography_adaptation.num={num}", f"data.export_folder={split}"])
-        run(cfg, settings.exper_path() / name, argparse.Namespace(outputImg=False))
+    cfg = load_config(REPO / "configs/magicpoint_folder_export.yaml",
+                      [f"data.root={photos}", f"data.preprocessing.resize={SIZE}", f"pretrained={magicpoint}",
+                       f"data.homography_adaptation.num={num}", "data.export_folder=train"])
+    run(cfg, settings.exper_path() / name, argparse.Namespace(outputImg=False))
+    # a folder's val split is the same images: reuse the labels rather than adapt them twice
+    pred = settings.exper_path() / name / "predictions"
+    if not (pred / "val").is_dir():
+        shutil.copytree(pred / "train", pred / "val.tmp", dirs_exist_ok=True)
+        (pred / "val.tmp").rename(pred / "val")
     return time.perf_counter() - t0
 
 

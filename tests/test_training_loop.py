@@ -44,6 +44,20 @@ def test_resume_continues_the_same_run():
         assert torch.allclose(w1[k].float(), w2[k].float(), atol=1e-6), k
 
 
+def test_resume_uses_the_configs_learning_rate():
+    cfg = config(train_iter=3)
+    Trainer(cfg, "lr_drop", MagicPointTask(cfg)).train()
+    saved = load_checkpoint(latest_checkpoint(__import__("settings").exper_path() / "lr_drop" / "checkpoints"))
+    assert saved["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    lower = config(**{"model.learning_rate": 1e-4})
+    resumed = Trainer(lower, "lr_drop", MagicPointTask(lower))
+    resumed._build()  # what train() does first: model, optimizer, resume
+    assert resumed.n_iter == 3
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(1e-4)]
+    # the Adam moments themselves come back from the checkpoint
+    assert len(resumed.optimizer.state) == len(saved["optimizer_state_dict"]["state"]) > 0
+
+
 class InterruptAt(MagicPointTask):
     def __init__(self, cfg, at):
         super().__init__(cfg)

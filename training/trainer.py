@@ -171,6 +171,10 @@ class Trainer:
             self.net.load_state_dict(extract_state_dict(ck))
             if "optimizer_state_dict" in ck:
                 self.optimizer.load_state_dict(ck["optimizer_state_dict"])
+                # the config's learning rate wins over the saved one: lowering it for a resumed run works
+                lr = float(self.config["model"]["learning_rate"])
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             if self.scaler is not None and "scaler_state_dict" in ck:
                 self.scaler.load_state_dict(ck["scaler_state_dict"])
             self.n_iter = int(ck.get("n_iter", 0))
