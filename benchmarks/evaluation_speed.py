@@ -127,7 +127,7 @@ def time_export(n_pairs: int, root_hint: str | None = None) -> tuple[int, float]
     work.mkdir(parents=True, exist_ok=True)
     torch.save(build_model({"name": "SuperPointNet"}).state_dict(), weights)
     config = load_config("configs/magicpoint_repeatability_embedded.yaml",
-                         [f"pretrained={weights}", f"eval_iter={n_pairs}"])
+                         [f"pretrained={weights}", "model.name=SuperPointNet", f"eval_iter={n_pairs}"])
     args = _argparse.Namespace(outputImg=False, export_segmentation=False)
     export_descriptor(config, work / "export", args)  # warm-up (also builds the embedded set)
     t0 = time.perf_counter()

@@ -80,7 +80,9 @@ def loop_adaptation(model, image: torch.Tensor, H: torch.Tensor, margin: int) ->
         mask_view = warped_valid_mask(Hk, (h, w), (h, w), margin)
         heat = semi_to_heatmap(model(view)["semi"]) * mask_view
         Hk_inv = torch.linalg.inv(Hk.double())
-        mask_back = warped_valid_mask(Hk_inv, (h, w), (h, w), margin)
+        # image pixels the view sees, where the view's own mask holds too
+        mask_back = warped_valid_mask(Hk_inv, (h, w), (h, w), margin) * warp_image(mask_view, Hk_inv.float(), (h, w),
+                                                                                   mode="nearest")
         total += warp_image(heat, Hk_inv.float(), (h, w)) * mask_back
         counts += mask_back
     return torch.where(counts > 0, total / counts.clamp(min=1e-12), torch.zeros_like(total))

@@ -45,7 +45,7 @@ def _load(path):
 
 def test_export_descriptor_on_embedded_set(embedded, random_weights, tmp_path):
     rc = export.main(["export_descriptor", "configs/magicpoint_repeatability_embedded.yaml", "sp_test", "--outputImg",
-                      "--set", f"pretrained={random_weights}", "--set", "eval_iter=3",
+                      "--set", f"pretrained={random_weights}", "--set", "model.name=SuperPointNet", "--set", "eval_iter=3",
                       "--set", "data.preprocessing.resize=[120, 160]", "--set", "model.subpixel.enable=false"])
     assert rc == 0
     out = settings.exper_path() / "sp_test"
@@ -181,3 +181,18 @@ def test_orb_descriptors_are_bits(shared_data):
     i, j = rec["match_indices"][:5].T
     hamming = ((rec["desc"][i] - rec["warped_desc"][j]) ** 2).sum(1)
     np.testing.assert_allclose(hamming, rec["match_distance"][:5])
+
+
+def test_no_download_path_runs_with_the_shipped_demo_superpoint(embedded):
+    """The embedded config as shipped (no --set pretrained): the demo SuperPoint recovers the
+    identity homography of the illumination pairs and matches its own keypoints across them."""
+    from evaluations.hpatches_report import evaluate_folder
+    from evaluations.protocols import load_settings
+
+    assert export.main(["export_descriptor", "configs/magicpoint_repeatability_embedded.yaml", "demo",
+                        "--set", "eval_iter=5"]) == 0
+    res = evaluate_folder(settings.exper_path() / "demo" / "predictions", load_settings(top_k=1000), progress=False)
+    assert res["num_pairs"] == 5
+    m = res["metrics"]
+    assert m["homography_accuracy"]["3"] == 1.0, m  # i_* pairs: the true homography is the identity
+    assert m["repeatability"] > 0.6 and m["nn_map"] > 0.6, m

@@ -19,7 +19,8 @@ def test_run_export_script_exports_then_evaluates(tmp_path):
     torch.save(seeded_stand_in(SuperPointNet()).state_dict(), weights)
     env = dict(os.environ, PYTHON=sys.executable)
     r = subprocess.run(["bash", str(REPO / "run_export.sh"), "configs/magicpoint_repeatability_embedded.yaml",
-                        "embedded_run", "--set", f"pretrained={weights}", "--set", "eval_iter=4",
+                        "embedded_run", "--set", f"pretrained={weights}", "--set", "model.name=SuperPointNet",
+                        "--set", "eval_iter=4",
                         "--set", "data.preprocessing.resize=[120, 160]"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
