@@ -27,16 +27,7 @@ from evaluations.hpatches_report import evaluate_folder, single_torch_thread  # 
 from evaluations.predictions import list_prediction_files, load_pair  # noqa: E402
 from evaluations.protocols import load_settings  # noqa: E402
 from evaluations.synthetic import write_synthetic_folder  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine_info import cpu_name  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -34,18 +34,11 @@ from models import build_model, load_weights  # noqa: E402
 from training.magicpoint import MAP_MIN_SCORE  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.keypoints import extract_keypoints, semi_to_heatmap  # noqa: E402
+from machine_info import cpu_name  # noqa: E402
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {torch.get_num_threads()} threads, Python {platform.python_version()}, "
+    return (f"{cpu_name()}, {torch.get_num_threads()} threads, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import shutil
 import sys
 import time
@@ -36,19 +35,10 @@ sys.path.insert(0, str(REPO))
 import settings  # noqa: E402
 from evaluations.hpatches_report import evaluate_folder  # noqa: E402
 from evaluations.protocols import load_settings  # noqa: E402
+from machine_info import cpu_name  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 SIZE = "[240, 320]"
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def export_labels(magicpoint: Path, photos: Path, name: str, num: int) -> float:
