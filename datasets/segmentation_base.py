@@ -75,7 +75,7 @@ class SegmentationDataset(Dataset):
         self.names: list[str] = []
 
     def load_cs34(self, index: int) -> np.ndarray | None:
-        raise NotImplementedError
+        raise NotImplementedError("each segmentation dataset reads its own masks")
 
     def __len__(self) -> int:
         return len(self.image_paths)
