@@ -26,20 +26,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datasets import synthetic_shapes as ss  # noqa: E402
+from machine_info import cpu_name  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 FULL_SET = len(ss.PRIMITIVES) * (10000 + 200 + 500)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def config_for(root: Path, n: int, workers: int, primitives) -> dict:
@@ -87,7 +77,7 @@ def main() -> int:
 
     print("## Synthetic Shapes generation\n")
     print(f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
-    print(f"- machine: {cpu_model()}, {os.cpu_count()} logical cores "
+    print(f"- machine: {cpu_name()}, {os.cpu_count()} logical cores "
           f"({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable), "
           f"{platform.system()} {platform.machine()}; 1-min load average after the run {load:.1f}")
     print(f"- versions: Python {platform.python_version()}, torch {torch.__version__}, "
