@@ -151,6 +151,26 @@ def _angle_between(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
+def _radial_points(rng: np.random.Generator, shape, num: int, min_rad_div: int, min_reach: float):
+    """``num`` points around a random circle that fits the image, one per angular slice, each at
+    ``min_reach`` .. 1 of the radius in x and y (polygon vertices, star branch ends).
+
+    The radius is at least the smaller image side over ``min_rad_div``. Returns (points int64
+    num x 2, centre x, centre y, radius).
+    """
+    h, w = shape[:2]
+    min_dim = min(h, w)
+    rad = max(rng.random() * min_dim / 2, min_dim / min_rad_div)
+    x = _randint(rng, rad, w - rad)
+    y = _randint(rng, rad, h - rad)
+    slices = np.linspace(0, 2 * math.pi, num + 1)
+    angles = slices[:-1] + rng.random(num) * np.diff(slices)
+    fx = np.maximum(rng.random(num), min_reach)
+    fy = np.maximum(rng.random(num), min_reach)
+    pts = np.stack([x + fx * rad * np.cos(angles), y + fy * rad * np.sin(angles)], axis=1).astype(np.int64)
+    return pts, x, y, rad
+
+
 def _random_polygon(rng: np.random.Generator, shape, max_sides: int):
     """Vertices of a random polygon inscribed in a random circle, or None if degenerate.
 
@@ -158,17 +178,8 @@ def _random_polygon(rng: np.random.Generator, shape, max_sides: int):
     repeat their predecessor or whose angle is flatter than 120 degrees are removed; fewer than 3
     vertices or a self-crossing outline gives None. Returns (vertices int64 K x 2, centre, radius).
     """
-    h, w = shape[:2]
     num = int(rng.integers(3, max_sides))
-    min_dim = min(h, w)
-    rad = max(rng.random() * min_dim / 2, min_dim / 10)
-    x = _randint(rng, rad, w - rad)
-    y = _randint(rng, rad, h - rad)
-    slices = np.linspace(0, 2 * math.pi, num + 1)
-    angles = slices[:-1] + rng.random(num) * np.diff(slices)
-    fx = np.maximum(rng.random(num), 0.4)
-    fy = np.maximum(rng.random(num), 0.4)
-    pts = np.stack([x + fx * rad * np.cos(angles), y + fy * rad * np.sin(angles)], axis=1).astype(np.int64)
+    pts, x, y, rad = _radial_points(rng, shape, num, min_rad_div=10, min_reach=0.4)
     # repeated vertices, then flat corners
     pts = pts[np.linalg.norm(pts - np.roll(pts, 1, axis=0), axis=1) > 0.01]
     if len(pts) >= 3:
@@ -385,14 +396,7 @@ def draw_star(img: np.ndarray, rng: np.random.Generator, nb_branches: int = 6):
     num = int(rng.integers(3, nb_branches))
     min_dim = min(h, w)
     thickness = max(1, _randint(rng, min_dim * 0.01, min_dim * 0.02))
-    rad = max(rng.random() * min_dim / 2, min_dim / 5)
-    x = _randint(rng, rad, w - rad)
-    y = _randint(rng, rad, h - rad)
-    slices = np.linspace(0, 2 * math.pi, num + 1)
-    angles = slices[:-1] + rng.random(num) * np.diff(slices)
-    fx = np.maximum(rng.random(num), 0.3)
-    fy = np.maximum(rng.random(num), 0.3)
-    ends = np.stack([x + fx * rad * np.cos(angles), y + fy * rad * np.sin(angles)], axis=1).astype(np.int64)
+    ends, x, y, rad = _radial_points(rng, img.shape, num, min_rad_div=5, min_reach=0.3)
     background_color = _mean(img)
     for e in ends:
         cv2.line(img, (x, y), (int(e[0]), int(e[1])), random_colors(rng, background_color), thickness)
