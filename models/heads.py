@@ -47,8 +47,8 @@ class ASPPHead(nn.Module):
         pooled = self.pool(features).expand(-1, -1, h, w)
         branches = [self.branch1x1(features), *(b(features) for b in self.atrous), pooled]
         logits = self.classifier(self.project(torch.cat(branches, dim=1)))
-        return F.interpolate(logits, size=tuple(int(s) for s in image_size), mode="bilinear",
-                             align_corners=False)
+        # sizes are not cast to int: an ONNX / TorchScript trace keeps them dynamic
+        return F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)
 
 
 def build_segmentation_head(head_config: dict) -> ASPPHead:

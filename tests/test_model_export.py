@@ -14,8 +14,11 @@ from utils.cli import UserError
 SIZES = ((40, 56), (120, 160))  # not the sizes the exporter traces or checks itself
 
 
-def _config(tmp_path, name):
-    model = seeded_stand_in(build_model({"name": name, "params": {}}), seed=1)
+def _config(tmp_path, name, seg=False):
+    model_config = {"name": name, "params": {}}
+    if seg:
+        model_config["segmentation_head"] = {"enable": True, "num_classes": 5, "channels": 16}
+    model = seeded_stand_in(build_model(model_config), seed=1)
     if name == "SuperPointNet_gauss2":  # batch norm far from identity, so folding it matters
         g = torch.Generator().manual_seed(2)
         for bn in model.modules():
@@ -23,13 +26,13 @@ def _config(tmp_path, name):
                 bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
                 bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
     torch.save({"model_state_dict": model.state_dict(), "n_iter": 3}, tmp_path / "weights.pth.tar")
-    return model.eval(), {"model": {"name": name, "params": {}}, "pretrained": str(tmp_path / "weights.pth.tar")}
+    return model.eval(), {"model": model_config, "pretrained": str(tmp_path / "weights.pth.tar")}
 
 
 @pytest.mark.parametrize("fmt,filename", [("onnx", "superpoint.onnx"), ("torchscript", "superpoint.pt")])
-@pytest.mark.parametrize("name", ["SuperPointNet", "SuperPointNet_gauss2"])
+@pytest.mark.parametrize("name", ["SuperPointNet", "SuperPointNet_gauss2", "SuperPointNet_gauss2+seg"])
 def test_exported_model_matches_pytorch_at_two_sizes(tmp_path, fmt, filename, name, capsys):
-    model, config = _config(tmp_path, name)
+    model, config = _config(tmp_path, name.split("+")[0], seg=name.endswith("+seg"))
     assert run(config, exper_path() / "deploy", argparse.Namespace(format=fmt)) == 0
     path = exper_path() / "deploy" / filename
     assert path.is_file() and "wrote" in capsys.readouterr().out
@@ -39,10 +42,14 @@ def test_exported_model_matches_pytorch_at_two_sizes(tmp_path, fmt, filename, na
         image = torch.rand(2, 1, h, w, generator=g)
         with torch.no_grad():
             want = model(image)
-        semi, desc = runner(image.numpy())
+        semi, desc, *seg = runner(image.numpy())
         assert semi.shape == (2, 65, h // 8, w // 8) and desc.shape == (2, 256, h // 8, w // 8)
         assert np.abs(semi - want["semi"].numpy()).max() <= 1e-4
         assert np.abs(desc - want["desc"].numpy()).max() <= 1e-4
+        assert len(seg) == int("seg" in want)
+        if seg:  # full resolution at every input size (the traced size must not stick)
+            assert seg[0].shape == (2, 5, h, w)
+            assert np.abs(seg[0] - want["seg"].numpy()).max() <= 1e-4
 
 
 def test_export_errors_are_one_line(tmp_path):
