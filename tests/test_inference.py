@@ -74,15 +74,15 @@ def _photo(shared_data, size):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "mixed"])
-def test_default_fast_paths_keep_fp32_keypoints_on_a_real_photo(shared_data, precision):
-    """The CPU defaults (fp32, or `mixed` on CPUs with bf16) keep >= 98 % of the fp32 keypoints
+def test_fast_engine_keeps_fp32_keypoints_on_a_real_photo(shared_data, precision):
+    """The CPU paths (fp32, the default, and the opt-in `mixed`) keep >= 98 % of the fp32 keypoints
     within 1 px. Weights are the seeded stand-in (no trained model yet): this checks the
     mechanism; the benchmark re-checks with trained weights (--weights)."""
     model = seeded_stand_in(SuperPointNet(), seed=0)
     image = _photo(shared_data, (240, 320))
     want = Frontend(model, **KP)(image).keypoints.to_list()[0][:, :2]
     fe = inference_frontend(model, {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4},
-                                    "inference": {"precision": precision}}, torch.device("cpu"))
+                                    "inference": {"engine": "fast", "precision": precision}}, torch.device("cpu"))
     assert isinstance(fe.model, FastSuperPoint)
     got = fe(image).keypoints.to_list()[0][:, :2]
     assert len(want) > 100  # the stand-in weights give a detector-like number of points
@@ -96,8 +96,8 @@ def test_auto_precision_per_device(monkeypatch):
     import utils.cli
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(utils.cli, "cpu_supports_bf16", lambda: True)
-    assert resolve_inference_precision("auto", cpu) == "mixed"
-    assert resolve_inference_precision("auto", cuda) == "fp16"
+    assert resolve_inference_precision("auto", cpu) == "fp32"  # mixed / bf16 change HPatches results
+    assert resolve_inference_precision("auto", cuda) == "fp32"  # so does fp16
     assert resolve_inference_precision("auto", cpu, training_precision="fp32") == "fp32"  # pinned config
     assert resolve_inference_precision("bf16", cpu, training_precision="fp32") == "bf16"  # explicit wins
     monkeypatch.setattr(utils.cli, "cpu_supports_bf16", lambda: False)
@@ -124,17 +124,62 @@ def test_inference_frontend_engines():
     assert torch.equal(a.keypoints.points, b.keypoints.points)
     assert torch.allclose(a.descriptors, b.descriptors, atol=1e-5)
 
-    class Other(nn.Module):  # not a SuperPoint layout: the fast engine falls back to eager
+    class Other(nn.Module):  # not a SuperPoint layout: the fast and auto engines fall back to eager
         def __init__(self):
             super().__init__()
-            self.net = SuperPointNet()
+            self.net = model
 
         def forward(self, x):
             return self.net(x)
     assert not isinstance(inference_frontend(Other(), cfg, torch.device("cpu")).model, FastSuperPoint)
+    cfg["inference"]["engine"] = "auto"
+    other = inference_frontend(Other(), cfg, torch.device("cpu"))
+    assert isinstance(other.model, Other) and torch.equal(other(image).keypoints.points, a.keypoints.points)
     cfg["inference"]["engine"] = "turbo"
     with pytest.raises(ConfigError, match="inference.engine"):
         inference_frontend(model, cfg, torch.device("cpu"))
+
+
+def test_auto_engine_is_the_exact_fastest_per_precision(monkeypatch):
+    """`engine: auto` (the default): ONNX Runtime for fp32 on the CPU, the fast engine for the
+    other precisions or without onnxruntime; all give the plain module's keypoints in fp32."""
+    import models.frontend as frontend
+    from models.onnx_runtime import OnnxRuntimeNetwork
+
+    cfg = {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4, "top_k": 40}}
+    model = seeded_stand_in(SuperPointNet_gauss2(), seed=2)
+    image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(3))
+    want = Frontend(model, **KP, top_k=40)(image)
+    fe = inference_frontend(model, cfg, torch.device("cpu"))  # no inference section: every default
+    assert isinstance(fe.model, OnnxRuntimeNetwork)
+    got = fe(image)
+    assert torch.equal(got.keypoints.mask, want.keypoints.mask)
+    assert torch.allclose(got.keypoints.points, want.keypoints.points)
+    assert torch.allclose(got.descriptors, want.descriptors, atol=1e-5)
+
+    mixed = inference_frontend(model, {**cfg, "inference": {"precision": "mixed"}}, torch.device("cpu"))
+    assert isinstance(mixed.model, FastSuperPoint) and mixed.model.dtypes[0] == torch.bfloat16
+    monkeypatch.setattr(frontend, "_onnxruntime_available", lambda: False)
+    fast = inference_frontend(model, cfg, torch.device("cpu"))
+    assert isinstance(fast.model, FastSuperPoint) and set(fast.model.dtypes) == {torch.float32}
+    assert torch.allclose(fast(image).keypoints.points, want.keypoints.points)
+    assert frontend.resolve_engine("auto", "fp16", torch.device("cuda"), model) == "fast"
+    with pytest.raises(ConfigError, match="onnxruntime runs on the CPU only"):
+        frontend.resolve_engine("onnxruntime", "fp16", torch.device("cuda"), model)
+
+
+def test_fp32_convolutions_are_ieee_inside_the_block_and_restored_after():
+    from models.inference import ieee_fp32_convolutions
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with ieee_fp32_convolutions():
+        assert conv.fp32_precision == "ieee"
+    assert conv.fp32_precision == before
+    with pytest.raises(RuntimeError), ieee_fp32_convolutions():
+        raise RuntimeError("restored even on errors")
+    assert conv.fp32_precision == before
+    with ieee_fp32_convolutions(active=False):
+        assert conv.fp32_precision == before
 
 
 def test_stand_in_weights_are_seeded_and_detector_like():
