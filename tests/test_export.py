@@ -76,7 +76,8 @@ def test_export_descriptor_on_embedded_set(embedded, random_weights, tmp_path):
             assert (np.diff(prob[:, 2]) <= 0).all()  # strongest first
         # the stored keypoints are those of the stored image (not of the other one)
         again = frontend(torch.from_numpy(rec["warped_image"])[None, None])
-        # (the export's fast fp32 engine may order near-equal scores differently: compare as sets)
+        # (the export's fp32 engine, ONNX Runtime by default, may order near-equal scores differently:
+        # compare as sets)
         want = again.keypoints.points[0].numpy()
         got = rec["warped_prob"][:, :2]
         assert len(got) == len(want)
