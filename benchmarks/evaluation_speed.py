@@ -45,8 +45,8 @@ def main() -> int:
     p.add_argument("--workdir", default=None, help="where the synthetic folders go (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic folders")
     p.add_argument("--export-pairs", type=int, default=0,
-                   help="also time export_descriptor (SuperPointNet, random weights, the default fast "
-                        "inference path) on this many pairs of the embedded HPatches-style set at 240x320")
+                   help="also time export_descriptor (SuperPointNet, random weights, the default "
+                        "inference engine) on this many pairs of the embedded HPatches-style set at 240x320")
     args = p.parse_args()
     export_row = time_export(args.export_pairs, root_hint=args.workdir) if args.export_pairs else None
 
