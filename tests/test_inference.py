@@ -76,7 +76,7 @@ def _photo(shared_data, size):
 @pytest.mark.parametrize("precision", ["fp32", "mixed"])
 def test_fast_engine_keeps_fp32_keypoints_on_a_real_photo(shared_data, precision):
     """The fast engine in fp32 (exact) and in the opt-in `mixed` keeps >= 98 % of the fp32 keypoints
-    within 1 px. Weights are the seeded stand-in (no trained model yet): this checks the
+    within 1 px. Weights are the seeded stand-in (detector-like, no file needed): this checks the
     mechanism; the benchmark re-checks with trained weights (--weights)."""
     model = seeded_stand_in(SuperPointNet(), seed=0)
     image = _photo(shared_data, (240, 320))
