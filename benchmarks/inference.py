@@ -543,12 +543,10 @@ def yardstick_paths(model) -> list:
     the fast fp32 engine with every weight multiplied by ``1 + e * N(0, 1)`` (e = 1e-5, 1e-4;
     bf16 rounds weights by up to 4e-3), and the fast engine in fp16 computed on the CPU (the
     rounding a GPU's fp16 path has; slow here, correct)."""
-    import copy
-
     kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
     paths = []
     for e in (1e-5, 1e-4):
-        noisy = copy.deepcopy(model)
+        noisy = _copy(model)
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in noisy.parameters():
