@@ -55,11 +55,11 @@ def _layout_mismatch(state: dict, model: torch.nn.Module) -> str | None:
     own = model.state_dict()
     magicleap = {f"{n}.weight" for n in MAGICLEAP_LAYERS}
     if magicleap <= state.keys() and "conv1a.weight" not in own:
-        return (f"these are MagicLeap SuperPoint weights (layers conv1a ... convDb), which "
-                f"{type(model).__name__} cannot load; set model.name: SuperPointNet")
+        return (f"weights do not fit {type(model).__name__}: they are MagicLeap SuperPoint weights "
+                f"(layers conv1a ... convDb); set model.name: SuperPointNet")
     if any(k.startswith("inc.") for k in state) and not any(k.startswith("inc.") for k in own):
-        return (f"these are SuperPointNet_gauss2 weights (layers inc, down1-3 with batch norm), which "
-                f"{type(model).__name__} cannot load; set model.name: SuperPointNet_gauss2")
+        return (f"weights do not fit {type(model).__name__}: they are SuperPointNet_gauss2 weights "
+                f"(layers inc, down1-3 with batch norm); set model.name: SuperPointNet_gauss2")
     return None
 
 
