@@ -100,9 +100,12 @@ def test_cs34_export_scored_and_drawn_with_the_cs4_categories(tmp_path):
     assert "warped_seg: images: 1" in table
 
     # an export that does not record its label set: cs34 ids beyond 0-3 give it away
-    np.savez(pred / "0.npz", seg=np.array([[7, 26]], np.int32), seg_gt=np.array([[7, 24]], np.int32))
+    # (its warped_seg has no ground truth: counted as not scored)
+    np.savez(pred / "0.npz", seg=np.array([[7, 26]], np.int32), seg_gt=np.array([[7, 24]], np.int32),
+             warped_seg=np.array([[7, 7]], np.int32))
     r = evaluate_segmentation_folder(pred, category_file=str(REPO / "utils/cs4_categories.json"))
-    assert r["mapping"] == "cs34 -> cs4" and r["mIoU"] == 1.0 and r["warped"] is None
+    assert r["mapping"] == "cs34 -> cs4" and r["mIoU"] == 1.0
+    assert r["warped"] is None and r["warped_unscored"] == 1
     # a cs4 export: its own classes by default; the 34 classes are an error naming the fix
     np.savez(pred / "0.npz", seg=np.array([[0, 3]], np.int32), seg_gt=np.array([[0, 2]], np.int32),
              seg_label_set=np.str_("cs4"))
