@@ -278,9 +278,9 @@ def prepare_detector(model: torch.nn.Module, device: torch.device | str | None =
     """An inference-only copy of a SuperPoint network for homographic adaptation.
 
     The network is put in eval mode on ``device``; with ``fuse`` its graph is traced with
-    ``torch.fx``, cut down to the detector output (the descriptor head is never computed) and
-    batch norms are folded into the convolutions; with ``channels_last`` the weights use the
-    NHWC layout that oneDNN / cuDNN convolutions prefer. A model that cannot be traced is used
+    ``torch.fx``, cut down to the detector output (the descriptor and segmentation heads are never
+    computed) and batch norms are folded into the convolutions; with ``channels_last`` the weights
+    use the NHWC layout that oneDNN / cuDNN convolutions prefer. A model that cannot be traced is used
     as is (a warning says so). The result returns ``{"semi": ...}`` like the network.
     """
     model = copy.deepcopy(model).eval()
