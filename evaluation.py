@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", dest="top_k", type=int, default=None, metavar="K",
                    help="points kept per image, best scores first (default: evaluation.top_k; 0 = all)")
     p.add_argument("--evaluate-segmentation", dest="evaluate_segmentation", action="store_true",
-                   help="evaluate the exported segmentation (seg / warped_seg)")
+                   help="score the exported segmentation: seg against seg_gt, and warped_seg against "
+                        "warped_seg_gt when the export has it (mIoU, pixel and mean accuracy)")
     p.add_argument("--category-file", dest="category_file", default=None, metavar="F",
-                   help="category JSON for segmentation (implies --evaluate-segmentation)")
+                   help="category JSON for segmentation (implies --evaluate-segmentation; default: the "
+                        "export's label set); utils/cs4_categories.json on a cs34 export maps it to cs4")
     p.add_argument("--output", default=None, metavar="DIR",
                    help="where results.{txt,json} and pictures go (default: the predictions folder's parent)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -64,7 +66,15 @@ def run_segmentation(pred_dir: Path, output_img: bool, category_file: str | None
     except ImportError as e:
         raise UserError(f"segmentation evaluation is not available in this checkout ({e})") from None
     result = evaluate_segmentation_folder(pred_dir, output_img, category_file)
-    _print_dict_table("segmentation:", result if isinstance(result, dict) else {"result": result})
+    if not isinstance(result, dict):
+        result = {"result": result}
+    # the scalars only (per-class IoUs and confusion matrices are in segmentation_results.*)
+    summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if isinstance(result.get("warped"), dict):
+        summary.update({f"warped_seg {k}": v for k, v in result["warped"].items() if isinstance(v, (int, float))})
+    _print_dict_table("segmentation:", summary)
+    if result.get("warped_unscored"):
+        print(f"note: {result['warped_unscored']} files have warped_seg but no warped_seg_gt; warped_seg not scored")
     return result
 
 

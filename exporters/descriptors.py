@@ -91,6 +91,7 @@ def run(config: dict, export_dir: Path, args) -> int:
     """Export every pair; returns 0. ``args``: ``outputImg``, ``export_segmentation`` (bools)."""
     output_images = bool(getattr(args, "outputImg", False))
     with_seg = bool(getattr(args, "export_segmentation", False))
+    label_set = (config["data"].get("segmentation") or {}).get("label_set", "cs34")
     frontend = build_frontend(config)
     dataset = pair_dataset(config)
     predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
@@ -103,6 +104,7 @@ def run(config: dict, export_dir: Path, args) -> int:
         record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
         if with_seg:
             record["seg"], record["warped_seg"] = first["seg"], second["seg"]
+            record["seg_label_set"] = np.str_(label_set)  # evaluation maps cs34 to cs4 with it
             # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
             for key in ("seg", "warped_seg"):
                 if key in item:

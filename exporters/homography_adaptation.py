@@ -175,6 +175,11 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
 
 def run(config: dict, export_dir: Path, args) -> int:
     """The ``export_detector_homoAdapt`` task (``args.outputImg``: also write drawn images)."""
+    if getattr(args, "export_segmentation", False):
+        # the labels are keypoints only (datasets/keypoint_labels.py): no place for a mask
+        raise UserError("--export-segmentation: export_detector_homoAdapt writes keypoint labels only; "
+                        "export masks with: python export.py export_descriptor <config> <folder> "
+                        "--export-segmentation")
     rank, world = shard()
     grouped = _init_process_group(world)
     try:

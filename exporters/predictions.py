@@ -14,7 +14,8 @@ name                0-d str                     sequence / image name
 pair_index          0-d int64                   k of the pair (1, k); -1 if the dataset has none
 ==================  ==========================  ==============================================
 
-Optional: ``seg`` / ``warped_seg`` (H x W int32 class ids, ``--export-segmentation``) and
+Optional: ``seg`` / ``warped_seg`` (H x W int32 class ids, ``--export-segmentation``, with
+``seg_gt`` / ``warped_seg_gt`` when the dataset has labels and ``seg_label_set``, 0-d str cs34 | cs4) and
 ``matches`` / ``match_indices`` / ``match_distance`` (``export_classical.py --correspondence``).
 Points follow the project's convention: (x, y), the centre of the top-left pixel at (0, 0).
 """

@@ -45,6 +45,25 @@ def extract_state_dict(obj) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
+# The layer names of MagicLeap's SuperPoint (superpoint_v1.pth), kept by SuperPointNet
+MAGICLEAP_LAYERS = ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b",
+                    "convPa", "convPb", "convDa", "convDb")
+
+
+def _layout_mismatch(state: dict, model: torch.nn.Module) -> str | None:
+    """A one-line hint when ``state`` is the other network's layout (MagicLeap's SuperPointNet
+    vs the batch-norm SuperPointNet_gauss2), else None."""
+    own = model.state_dict()
+    magicleap = {f"{n}.weight" for n in MAGICLEAP_LAYERS}
+    if magicleap <= state.keys() and "conv1a.weight" not in own:
+        return (f"weights do not fit {type(model).__name__}: they are MagicLeap SuperPoint weights "
+                f"(layers conv1a ... convDb); set model.name: SuperPointNet")
+    if any(k.startswith("inc.") for k in state) and not any(k.startswith("inc.") for k in own):
+        return (f"weights do not fit {type(model).__name__}: they are SuperPointNet_gauss2 weights "
+                f"(layers inc, down1-3 with batch norm); set model.name: SuperPointNet_gauss2")
+    return None
+
+
 def read_weights(path: str | Path, weights_only: bool = True):
     """The object of a weights file (state dict or checkpoint dict), on the CPU; one-line errors.
 
@@ -88,6 +107,9 @@ def load_state(model: torch.nn.Module, obj, path: str | Path, strict: bool = Tru
         state = extract_state_dict(obj)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    hint = _layout_mismatch(state, model)
+    if hint:  # checked even when not strict: the heads share names, a partial load would be nonsense
+        raise ValueError(f"{path}: {hint}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise ValueError(f"{path}: weights do not fit {type(model).__name__}: "

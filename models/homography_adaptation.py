@@ -264,14 +264,23 @@ class _SemiOnly(torch.nn.Module):
         return {"semi": self.model(x)["semi"]}
 
 
+class _HeadsAsLeaves(torch.fx.Tracer):
+    """fx tracer that does not enter the optional heads attached to a SuperPoint network."""
+
+    LEAVES = ("seg_head",)
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.LEAVES or super().is_leaf_module(m, module_qualified_name)
+
+
 def prepare_detector(model: torch.nn.Module, device: torch.device | str | None = None,
                      channels_last: bool = True, fuse: bool = True) -> torch.nn.Module:
     """An inference-only copy of a SuperPoint network for homographic adaptation.
 
     The network is put in eval mode on ``device``; with ``fuse`` its graph is traced with
-    ``torch.fx``, cut down to the detector output (the descriptor head is never computed) and
-    batch norms are folded into the convolutions; with ``channels_last`` the weights use the
-    NHWC layout that oneDNN / cuDNN convolutions prefer. A model that cannot be traced is used
+    ``torch.fx``, cut down to the detector output (the descriptor and segmentation heads are never
+    computed) and batch norms are folded into the convolutions; with ``channels_last`` the weights
+    use the NHWC layout that oneDNN / cuDNN convolutions prefer. A model that cannot be traced is used
     as is (a warning says so). The result returns ``{"semi": ...}`` like the network.
     """
     model = copy.deepcopy(model).eval()
@@ -282,13 +291,17 @@ def prepare_detector(model: torch.nn.Module, device: torch.device | str | None =
         try:
             from torch.fx.experimental.optimization import fuse as fx_fuse
 
-            gm = torch.fx.symbolic_trace(model)
+            # extra heads (the segmentation head reads tensor sizes, which fx cannot trace) stay
+            # opaque leaves: the detector output never uses them, so they are cut with the dead code
+            graph = _HeadsAsLeaves().trace(model)
+            gm = torch.fx.GraphModule(model, graph, type(model).__name__)
             out_node = next(n for n in gm.graph.nodes if n.op == "output")
             result = out_node.args[0]
             if not isinstance(result, dict) or "semi" not in result:
                 raise TypeError("the network's forward does not return a dict with 'semi'")
             out_node.args = ({"semi": result["semi"]},)
             gm.graph.eliminate_dead_code()
+            gm.delete_all_unused_submodules()
             gm.recompile()
             prepared = fx_fuse(gm, no_trace=True)
         except Exception as e:  # noqa: BLE001 - any tracing failure falls back to the plain network

@@ -27,3 +27,30 @@ def test_visualize_hpatches_notebook_executes(tmp_path, monkeypatch):
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) == 2
     assert f"python: {sys.executable}" in text  # the kernel ran with the test's interpreter
+
+
+def test_notebook_follows_the_experiment_dir_with_the_documented_command(tmp_path):
+    """Without SUPERPOINT_PREDICTIONS the notebook reads <SUPERPOINT_EXPER_DIR>/superpoint_hpatches_test,
+    executed headless with the command README.md gives (nbconvert, from requirements_dev.txt)."""
+    import os
+    import subprocess
+
+    import settings
+
+    exper = settings.exper_path()  # conftest: a temporary folder, not <repo>/logs
+    assert exper != REPO / "logs"
+    pred = write_synthetic_folder(exper / "superpoint_hpatches_test" / "predictions", 3, n_points=60, dim=32)
+    env = {k: v for k, v in os.environ.items() if k not in ("SUPERPOINT_PREDICTIONS", "SUPERPOINT_EXPERIMENT")}
+    env["SUPERPOINT_MAX_PAIRS"] = "1"
+    out = tmp_path / "html"
+    r = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--execute",
+                        "notebooks/visualize_hpatches.ipynb", "--output-dir", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (out / "visualize_hpatches.html").read_text()
+    assert f"predictions: {pred}" in html and "3 pairs; showing 1" in html
+    assert html.count('<div class="jp-RenderedImage') == 1  # the one pair's figure
+    # the reference's `jupyter notebook` comes with the dev requirements too
+    r = subprocess.run([sys.executable, "-m", "jupyter", "notebook", "--version"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().startswith("7."), r.stderr[-2000:]

@@ -189,3 +189,21 @@ def test_view_sampling_matches_the_geometry_module():
     assert torch.equal(mask, want_mask) and float(want_mask.mean()) > 0.3
     inside = want_mask.bool()
     torch.testing.assert_close(_sample(img, grid)[inside], warp_image(img, H, (h, w))[inside], atol=1e-4, rtol=0)
+
+
+def test_prepare_detector_fuses_a_network_with_a_segmentation_head():
+    """The segmentation head reads tensor sizes, which torch.fx cannot trace: it is kept out of the
+    trace and cut with the descriptor head, with no fallback warning."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = build_model({"name": "SuperPointNet_gauss2", "params": {"descriptor_dim": 16},
+                         "segmentation_head": {"enable": True, "num_classes": 4, "channels": 8}}).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old fallback warned "running ... unfused (TraceError ...)"
+        fast = prepare_detector(model)
+    modules = dict(fast.named_modules())
+    assert "seg_head" not in modules and "convDa" not in modules and "bnPa" not in modules  # BN folded
+    images = torch.rand(2, 1, 32, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images)["semi"], model(images)["semi"], atol=1e-5, rtol=1e-4)

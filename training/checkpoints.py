@@ -74,7 +74,9 @@ def resolve_pretrained(config: dict, task: str = "export_descriptor") -> Path:
     """The weights file named by the config's ``pretrained`` key.
 
     A relative path is looked up in the working directory, then EXPER_PATH, then the repository
-    root. A folder (an experiment folder or its ``checkpoints/``) means its latest checkpoint.
+    root; ``logs/<rest>`` (the default experiment folder's name, as the shipped configs write it)
+    is first looked up as ``EXPER_PATH/<rest>``, so that it follows ``SUPERPOINT_EXPER_DIR``.
+    A folder (an experiment folder or its ``checkpoints/``) means its latest checkpoint.
     """
     import settings
     from utils.cli import UserError
@@ -86,6 +88,8 @@ def resolve_pretrained(config: dict, task: str = "export_descriptor") -> Path:
     path = Path(str(value)).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, settings.exper_path() / path,
                                                      settings.REPO_ROOT / path]
+    if not path.is_absolute() and len(path.parts) > 1 and path.parts[0] == "logs":
+        candidates.insert(0, settings.exper_path().joinpath(*path.parts[1:]))
     for c in candidates:
         if c.is_file():
             return c

@@ -136,6 +136,12 @@ class SuperPointTask(DetectorTask):
                 raise ConfigError(f"model.segmentation_head.num_classes is {seg['num_classes']} but "
                                   f"data.segmentation.label_set '{label_set}' has {expected} classes")
             self.seg_weight = float(seg.get("loss_weight", 1.0))
+        elif self.data_cfg.get("dataset") == "coco_panoptic" and self.data_cfg.get("load_panoptic", False):
+            # the panoptic labels feed the segmentation loss only: without the head they would be
+            # decoded every step and silently unused
+            raise ConfigError("data.load_panoptic: true but model.segmentation_head.enable is false, so no "
+                              "segmentation loss would be trained; set model.segmentation_head.enable: true "
+                              "(with model.name: SuperPointNet_gauss2), or data.load_panoptic: false")
         # Items without keypoint labels (e.g. Cityscapes with data.labels unset) train only the
         # descriptor and segmentation heads: the detector loss is skipped for them.
         may_lack_labels = self.data_cfg.get("labels") is None and \

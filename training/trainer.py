@@ -430,15 +430,17 @@ class Trainer:
             raise
         bar.close()
         path = self.save(last_loss)
+        if not stopped and self.do_eval and self.n_iter % int(cfg["validation_interval"]) != 0:
+            # the final validation goes to TensorBoard too, so the writer closes after it
+            last_metrics = self.validate()
+            self._tb_scalars("val", last_metrics)
+            self._log(f"[{self.name} {self.n_iter}] val " + "  ".join(
+                f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
         if stopped:
             self._log(f"stopped at iteration {self.n_iter}; checkpoint {path}. Re-run the same command to resume.")
             raise KeyboardInterrupt
-        if self.do_eval and self.n_iter % int(cfg["validation_interval"]) != 0:
-            last_metrics = self.validate()
-            self._log(f"[{self.name} {self.n_iter}] val " + "  ".join(
-                f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
         self._log(f"done: {self.name} at iteration {self.n_iter}; checkpoint {path}")
         return last_metrics
