@@ -255,10 +255,12 @@ def format_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict, output_dir: str | Path, stem: str = "results") -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.txt`` into ``output_dir`` atomically; returns their paths."""
+def write_results(results: dict, output_dir: str | Path, stem: str = "results",
+                  report=format_report) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.txt`` (``report(results)``, by default the HPatches
+    report) into ``output_dir`` atomically; returns their paths."""
     output_dir = Path(output_dir)
     json_path, txt_path = output_dir / f"{stem}.json", output_dir / f"{stem}.txt"
     atomic_write_text(json_path, json.dumps(results, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(txt_path, format_report(results))
+    atomic_write_text(txt_path, report(results))
     return json_path, txt_path
