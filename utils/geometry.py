@@ -92,6 +92,41 @@ def homography_from_points(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor
     return H.to(dtype)
 
 
+def homography_dlt(src, dst) -> np.ndarray | None:
+    """Least-squares homography from ``N >= 4`` point pairs (numpy ``N x 2`` each): the direct
+    linear transform on Hartley-normalised points (centroid at 0, mean distance sqrt(2)), solved
+    by SVD, every pair weighted equally and no robust step. Returns float64 3 x 3 with H[2, 2] = 1
+    mapping src -> dst, or None (fewer than 4 pairs, degenerate points).
+    """
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    if len(src) < 4 or len(src) != len(dst):
+        return None
+
+    def normaliser(p):
+        c = p.mean(axis=0)
+        d = np.linalg.norm(p - c, axis=1).mean()
+        if not d > 0:
+            return None
+        s = np.sqrt(2.0) / d
+        return np.array([[s, 0.0, -s * c[0]], [0.0, s, -s * c[1]], [0.0, 0.0, 1.0]])
+
+    Ts, Td = normaliser(src), normaliser(dst)
+    if Ts is None or Td is None:
+        return None
+    a = src @ Ts[:2, :2].T + Ts[:2, 2]
+    b = dst @ Td[:2, :2].T + Td[:2, 2]
+    x, y, u, v = a[:, 0], a[:, 1], b[:, 0], b[:, 1]
+    zeros, ones = np.zeros_like(x), np.ones_like(x)
+    A = np.concatenate([np.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y, -u], axis=1),
+                        np.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y, -v], axis=1)])
+    H = np.linalg.svd(A)[2][-1].reshape(3, 3)  # the right singular vector of the smallest value
+    H = np.linalg.inv(Td) @ H @ Ts
+    if not np.isfinite(H).all() or abs(H[2, 2]) < 1e-12 * np.abs(H).max():
+        return None
+    return H / H[2, 2]
+
+
 def resize_matrix(size_from, size_to, dtype=torch.float64) -> torch.Tensor:
     """3x3 matrix taking pixel coordinates of an image of ``size_from`` (H, W) to the same image
     resized to ``size_to`` (pixel-centre convention: ``x' = (x + 0.5) * s - 0.5``)."""
