@@ -183,6 +183,14 @@ def test_cli_pose_errors_are_one_line(tmp_path, capsys):
     assert "T_0to1" in capsys.readouterr().err
 
 
+def test_error_colors_green_yellow_red():
+    from utils.draw import GREEN, RED, YELLOW, error_colors
+
+    c = error_colors(np.array([0.0, 5e-4, 1e-3, np.inf, 2.5e-4]), 5e-4)
+    assert [tuple(v) for v in c[:4]] == [GREEN, YELLOW, RED, RED]
+    assert tuple(c[4]) == tuple(np.round((np.array(GREEN) + np.array(YELLOW)) / 2).astype(int))
+
+
 def test_pose_settings_checks():
     with pytest.raises(ConfigError, match="evaluation.pose.ratio"):
         PoseSettings(ratio=1.5)

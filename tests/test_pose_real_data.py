@@ -2,7 +2,6 @@
 
 The LoFTR metadata come without images: stand-in images are written at the paths they name.
 """
-import argparse
 import json
 
 import cv2
@@ -123,19 +122,18 @@ def test_pose_dataset_config_errors(shared_data):
 
 
 def export(tool, name, shared_data, size="[240,320]"):
-    """``export_pairs`` on the 15 real pairs at ``size``; returns the predictions folder."""
+    """``export.py`` / ``export_classical.py export_pairs`` on the 15 real pairs at ``size``;
+    returns the predictions folder."""
     import settings
+    from export import main as export_main
+    from export_classical import main as classical_main
 
-    cfg = pose_config(shared_data / "photos" / "scannet", shared_data / "photos" / "scannet_sample_pairs_with_gt.txt",
-                      "superglue", resize=size)
-    if tool == "sift":
-        from exporters.classical import run_pairs
-    else:
-        from exporters.descriptors import run_pairs
-    out = settings.exper_path() / name
-    assert run_pairs(cfg, out, argparse.Namespace(outputImg=False, export_segmentation=False,
-                                                  correspondence=False)) == 0
-    return out / "predictions"
+    argv = ["export_pairs", str(CONFIG), name, "--set", f"data.root={shared_data / 'photos' / 'scannet'}",
+            "--set", f"data.pairs={shared_data / 'photos' / 'scannet_sample_pairs_with_gt.txt'}",
+            "--set", f"data.preprocessing.resize={size}"]
+    assert (classical_main if tool == "sift" else export_main)(argv) == 0
+    assert (settings.exper_path() / name / "config.yml").is_file()
+    return settings.exper_path() / name / "predictions"
 
 
 @pytest.mark.parametrize("tool", ["sift", "superpoint"])
