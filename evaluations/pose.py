@@ -317,7 +317,7 @@ def format_pose_report(results: dict) -> str:
     lines += ["", format_pose_table(results), "",
               f"pose failures (infinite error): {m['pose_failures']} of {results['num_pairs']}",
               f"median pose error: {_fmt(m['median_pose_error'], 2)} deg",
-              f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, mean RANSAC inliers {_fmt(m['mean_inliers'], 1)}",
+              f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, mean inliers of the recovered pose (RANSAC + cheirality) {_fmt(m['mean_inliers'], 1)}",
               "", "====== per pair ======"]
     for p in results["per_pair"]:
         lines.append(f"{p['file']}  {p['name'] or ''}  err_R={_fmt(p['error_R'], 2)}  err_t={_fmt(p['error_t'], 2)}  "
