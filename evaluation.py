@@ -1,10 +1,14 @@
-"""Evaluate exported predictions on image pairs (HPatches protocol).
+"""Evaluate exported predictions on image pairs (HPatches protocol, or relative pose with --pose).
 
     python evaluation.py logs/<name>/predictions [-r] [-homo] [-o] [--plotMatching] [--sift]
         [--protocol ours|reference] [--top-k K] [--evaluate-segmentation] [--category-file F]
         [--output DIR] [--set evaluation.KEY=VALUE ...]
+    python evaluation.py logs/<name>/predictions --pose [--plotMatching] [--sift] [--top-k K]
+        [--output DIR] [--set evaluation.pose.KEY=VALUE ...]
 
-Without -r / -homo / segmentation flags every HPatches metric is computed. Results go to the
+Without -r / -homo / segmentation flags every HPatches metric is computed. --pose evaluates the
+pose pairs of ``export.py export_pairs`` (AUC of the pose error at 5/10/20 degrees, matching
+precision, matches) and cannot be combined with the HPatches or segmentation flags. Results go to the
 predictions folder's parent (``logs/<name>/results.{txt,json}``; ``results_reference.*`` for
 ``--protocol reference``) unless --output is given. Definitions: docs/EVALUATION.md.
 """
@@ -39,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metric definitions (default: evaluation.protocol = ours)")
     p.add_argument("--top-k", dest="top_k", type=int, default=None, metavar="K",
                    help="points kept per image, best scores first (default: evaluation.top_k; 0 = all)")
+    p.add_argument("--pose", action="store_true",
+                   help="relative pose on pose pairs (export_pairs): AUC@5/10/20, precision, matches")
     p.add_argument("--evaluate-segmentation", dest="evaluate_segmentation", action="store_true",
                    help="score the exported segmentation: seg against seg_gt, and warped_seg against "
                         "warped_seg_gt when the export has it (mIoU, pixel and mean accuracy)")
@@ -78,6 +84,22 @@ def run_segmentation(pred_dir: Path, output_img: bool, category_file: str | None
     return result
 
 
+def run_pose(pred_dir: Path, args) -> int:
+    """``--pose``: evaluate, print the header and table, write results.{txt,json}."""
+    from evaluations.hpatches_report import write_results
+    from evaluations.pose import evaluate_pose_folder, format_pose_report, format_pose_table, load_pose_settings
+
+    settings = load_pose_settings(args.overrides, top_k=args.top_k, sift=args.sift)
+    output_dir = Path(args.output) if args.output else pred_dir.resolve().parent
+    results = evaluate_pose_folder(pred_dir, settings, output_dir=output_dir, plot_matching=args.plot_matching,
+                                   progress=args.progress)
+    json_path, txt_path = write_results(results, output_dir, "results", report=format_pose_report)
+    print(f"relative pose, {results['num_pairs']} pairs; {settings.header()}")
+    print(format_pose_table(results))
+    print(f"wrote {json_path} and {txt_path}")
+    return 0
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -86,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pred_dir = Path(args.path)
     segmentation = args.evaluate_segmentation or args.category_file is not None
+    if args.pose:
+        if args.repeatability or args.homography or segmentation or args.output_img or args.protocol:
+            raise UserError("--pose cannot be combined with -r, -homo, -o, --protocol or segmentation flags "
+                            "(pose pairs have no homography); run them separately")
+        return run_pose(pred_dir, args)
     rep, homo = args.repeatability, args.homography
     if not (rep or homo or segmentation):
         rep = homo = True

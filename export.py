@@ -4,6 +4,7 @@
 
 Tasks:
   export_descriptor           keypoints + descriptors on image pairs (HPatches) -> logs/<folder>/predictions/<i>.npz
+  export_pairs                the same on pose pairs (data.dataset: pose_pairs, data.pairs) -> for evaluation.py --pose
   export_detector_homoAdapt   pseudo ground-truth keypoints by homography adaptation (COCO / KITTI)
   export_model                the network in a deployable format
 
@@ -18,6 +19,7 @@ from utils.cli import main_guard
 
 TASKS = {
     "export_descriptor": "exporters.descriptors:run",
+    "export_pairs": "exporters.descriptors:run_pairs",
     "export_detector_homoAdapt": "exporters.homography_adaptation:run",
     "export_model": "exporters.model_export:run",
 }

@@ -3,6 +3,9 @@
     python export_classical.py export_descriptor configs/classical_descriptors.yaml sift_test [--correspondence]
         [--outputImg] [--set KEY=VALUE ...]
 
+    python export_classical.py export_pairs configs/pose_scannet_sample.yaml sift_scannet
+    python evaluation.py logs/sift_scannet/predictions --pose --sift
+
 Writes logs/<folder>/predictions/<i>.npz in the same format as ``export.py export_descriptor``
 (see exporters/predictions.py); ``--correspondence`` also stores the mutual nearest-neighbour
 matches of each pair (``matches``, ``match_indices``, ``match_distance``). The method and its
@@ -15,7 +18,7 @@ import sys
 from exporters import export_parser, main as export_main
 from utils.cli import main_guard
 
-TASKS = {"export_descriptor": "exporters.classical:run"}
+TASKS = {"export_descriptor": "exporters.classical:run", "export_pairs": "exporters.classical:run_pairs"}
 
 
 def build_parser():

@@ -24,6 +24,7 @@ DATASETS = {
     "hpatches": "datasets.hpatches:HPatches",
     "cityscapes": "datasets.cityscapes:Cityscapes",
     "coco_panoptic": "datasets.coco_panoptic:CocoPanoptic",
+    "pose_pairs": "datasets.pose_pairs:PosePairs",
 }
 ALIASES = {
     "SyntheticDataset_gaussian": "synthetic_shapes",

@@ -72,11 +72,14 @@ class Matches:
         return len(self.idx1)
 
 
-def mutual_nearest_neighbours(dist: np.ndarray, max_distance: float | None = None) -> Matches:
+def mutual_nearest_neighbours(dist: np.ndarray, max_distance: float | None = None,
+                              ratio: float | None = None) -> Matches:
     """Pairs (i, j) where j is i's nearest neighbour and i is j's (``N x M`` distance matrix).
 
     Ties go to the lowest index (as OpenCV's brute-force cross-check does). With ``max_distance``
-    only matches with ``distance < max_distance`` are kept.
+    only matches with ``distance < max_distance`` are kept; with ``ratio`` (Lowe's test) only those
+    whose distance is below ``ratio`` times the distance from i to its second nearest neighbour
+    (a point with a single candidate passes).
     """
     n, m = dist.shape
     if n == 0 or m == 0:
@@ -88,6 +91,9 @@ def mutual_nearest_neighbours(dist: np.ndarray, max_distance: float | None = Non
     d = dist[np.arange(n), nn12]
     if max_distance is not None:
         keep &= d < max_distance
+    if ratio is not None and m > 1:
+        second = np.partition(dist, 1, axis=1)[:, 1]
+        keep &= d < ratio * second
     idx1 = np.nonzero(keep)[0]
     return Matches(idx1, nn12[idx1], d[idx1])
 

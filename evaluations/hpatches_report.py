@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from evaluations.auc import error_auc
 from evaluations.descriptor import homography_accuracy
 from evaluations.pair_metrics import PairResult, evaluate_pair
 from evaluations.predictions import PairPredictions, check_keys, list_prediction_files, load_pair
@@ -109,6 +110,10 @@ def aggregate(per_pair: list[dict], settings: EvaluationSettings, repeatability:
         acc = homography_accuracy(errors, settings.homography_thresholds)
         out["homography_accuracy"] = {f"{t:g}": v for t, v in acc.items()}
         ok = [e for e in errors if math.isfinite(e)]
+        # AUC of the corner error (LightGlue / glue-factory), of the estimator chosen for it
+        key = "corner_error_dlt" if settings.homography_estimator == "dlt" else "corner_error"
+        auc_errors = [np.inf if p.get(key) is None else p[key] for p in per_pair]
+        out["homography_auc"] = {f"{t:g}": v for t, v in error_auc(auc_errors, settings.homography_auc_thresholds).items()}
         out["homography_failures"] = len(errors) - len(ok)
         out["corner_error_mean"] = _mean(ok)
         out["corner_error_median"] = float(np.median(ok)) if ok else None
@@ -218,6 +223,9 @@ def format_table(results: dict) -> str:
         for t, v in m["homography_accuracy"].items():
             head.append(f"Homography eps={t}")
             row.append(_fmt(v, 3))
+        for t, v in m["homography_auc"].items():
+            head.append(f"H AUC@{t}px")
+            row.append(_fmt(v, 3))
     if results["tasks"]["repeatability"]:
         head += ["Repeatability", "MLE"]
         row += [_fmt(m["repeatability"]), _fmt(m["mle"])]
@@ -240,6 +248,10 @@ def format_report(results: dict) -> str:
     if results["tasks"]["repeatability"]:
         lines.append(f"MLE averaged over {m['mle_pairs']} pairs with repeated points")
     if results["tasks"]["homography"]:
+        lines.append(f"homography AUC: corner error of the {s['homography_estimator']} estimate"
+                     + (" (cv2.RANSAC, as the accuracy)" if s["homography_estimator"] == "ransac"
+                        else " (least-squares DLT on all mutual-NN matches)")
+                     + ", failures counted as infinite")
         lines.append(f"homography failures (counted as incorrect): {m['homography_failures']} of {results['num_pairs']}")
         lines.append(f"corner error over successful estimates: mean {_fmt(m['corner_error_mean'], 2)} px, "
                      f"median {_fmt(m['corner_error_median'], 2)} px")
@@ -247,6 +259,7 @@ def format_report(results: dict) -> str:
     lines.append(f"mean points per image: {_fmt(m['mean_points'][0], 1)} / {_fmt(m['mean_points'][1], 1)}")
     lines += ["", "====== per pair ======"]
     keys = [("repeatability", "rep", 3), ("mle", "mle", 2), ("corner_error", "corner_err", 2),
+            ("corner_error_dlt", "corner_err_dlt", 2),
             ("nn_ap", "nn_ap", 3), ("matching_score", "ms", 3)]
     for p in results["per_pair"]:
         cells = [p["file"]] + ([p["name"]] if p.get("name") else [])
@@ -255,10 +268,12 @@ def format_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict, output_dir: str | Path, stem: str = "results") -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.txt`` into ``output_dir`` atomically; returns their paths."""
+def write_results(results: dict, output_dir: str | Path, stem: str = "results",
+                  report=format_report) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.txt`` (``report(results)``, by default the HPatches
+    report) into ``output_dir`` atomically; returns their paths."""
     output_dir = Path(output_dir)
     json_path, txt_path = output_dir / f"{stem}.json", output_dir / f"{stem}.txt"
     atomic_write_text(json_path, json.dumps(results, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(txt_path, format_report(results))
+    atomic_write_text(txt_path, report(results))
     return json_path, txt_path

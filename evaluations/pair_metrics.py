@@ -15,7 +15,7 @@ from evaluations.descriptor import (corner_error, correct_within, descriptor_dis
 from evaluations.detector import in_other_image, repeatability as repeatability_of, top_k_indices
 from evaluations.predictions import PairPredictions
 from evaluations.protocols import EvaluationSettings
-from utils.geometry import inside_image, warp_points
+from utils.geometry import homography_dlt, inside_image, warp_points
 
 
 @dataclass
@@ -41,9 +41,13 @@ def _submatrix(D: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return D.take(rows, axis=0).take(cols, axis=1)
 
 
-def _homography_metrics(H: np.ndarray, est, size) -> dict:
-    err = corner_error(H, est.H, size)
-    return {"homography_ok": est.ok, "corner_error": err}
+def _homography_metrics(H: np.ndarray, est, size, s: EvaluationSettings, q1: np.ndarray, q2: np.ndarray) -> dict:
+    """Corner error of the RANSAC estimate (and, with the ``dlt`` AUC estimator, of the plain DLT
+    on all the matches ``q1 -> q2``, ``corner_error_dlt``)."""
+    m = {"homography_ok": est.ok, "corner_error": corner_error(H, est.H, size)}
+    if s.homography_estimator == "dlt":
+        m["corner_error_dlt"] = corner_error(H, homography_dlt(q1, q2), size)
+    return m
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def _evaluate_ours(pair: PairPredictions, s: EvaluationSettings, do_rep: bool, d
         mm = mutual_nearest_neighbours(_submatrix(D, a1, a2), s.match_thresh)
         q1, q2 = P1[A1][mm.idx1], P2[A2][mm.idx2]
         est = estimate_homography(q1, q2, s.ransac_threshold, s.ransac_max_iters, s.ransac_confidence)
-        m.update(_homography_metrics(H, est, pair.size))
+        m.update(_homography_metrics(H, est, pair.size, s, q1, q2))
         m.update(n_matches=len(mm), n_inliers=int(est.inliers.sum()))
 
         DS = _submatrix(D, s1, s2)
@@ -136,7 +140,7 @@ def _evaluate_reference(pair: PairPredictions, s: EvaluationSettings, do_rep: bo
         mm = mutual_nearest_neighbours(D)
         q1, q2 = P1[mm.idx1], P2[mm.idx2]
         est = estimate_homography(q1, q2, s.ransac_threshold, s.ransac_max_iters, s.ransac_confidence)
-        m.update(_homography_metrics(H, est, s.reference_image_size))
+        m.update(_homography_metrics(H, est, s.reference_image_size, s, q1, q2))
         n_inl = int(est.inliers.sum())
         m.update(n_matches=len(mm), n_inliers=n_inl)
         # matching score: RANSAC inliers over all points of image 1 plus image-2 points "inside"

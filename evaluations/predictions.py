@@ -22,6 +22,7 @@ from utils.cli import UserError
 
 POINT_KEYS = ("image", "warped_image", "homography", "prob", "warped_prob")
 DESCRIPTOR_KEYS = ("desc", "warped_desc")
+POSE_KEYS = ("image", "warped_image", "prob", "warped_prob", "K", "warped_K", "T_0to1")
 NAME_KEYS = ("name", "sequence", "scene", "seq_name")
 INDEX_KEYS = ("index", "pair_index", "pair")
 
@@ -95,18 +96,24 @@ def _read_npz(path: Path, needed: tuple[str, ...], optional: tuple[str, ...]) ->
     return out
 
 
-def check_keys(path: str | Path, need_descriptors: bool) -> None:
-    """Fail early, without reading arrays, when ``path`` lacks a key the evaluation needs."""
+def check_keys(path: str | Path, need_descriptors: bool, pose: bool = False) -> None:
+    """Fail early, without reading arrays, when ``path`` lacks a key the evaluation needs
+    (``pose``: the keys of :func:`load_pose_pair` instead of the homography ones)."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as z:
             names = {n[:-4] if n.endswith(".npy") else n for n in z.namelist()}
     except (zipfile.BadZipFile, OSError) as e:
         raise UserError(f"{path}: not a readable .npz file ({e})") from None
-    needed = POINT_KEYS + (DESCRIPTOR_KEYS if need_descriptors else ())
+    needed = (POSE_KEYS if pose else POINT_KEYS) + (DESCRIPTOR_KEYS if need_descriptors else ())
     for key in needed:
         if key not in names:
-            raise UserError(f"{path}: missing key '{key}' (has: {', '.join(sorted(names)) or 'none'})")
+            hint = ""
+            if pose and key in POSE_KEYS[-3:]:
+                hint = "; --pose needs pose pairs exported by export_pairs"
+            elif not pose and key == "homography" and "T_0to1" in names:
+                hint = "; these are pose pairs: evaluate them with --pose"
+            raise UserError(f"{path}: missing key '{key}' (has: {', '.join(sorted(names)) or 'none'}){hint}")
 
 
 def _gray(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -196,3 +203,54 @@ def load_pair(path: str | Path, need_descriptors: bool = True) -> PairPrediction
                            points=pts, scores=scores, warped_points=wpts, warped_scores=wscores,
                            desc=desc, warped_desc=wdesc, name=_optional_str(data, NAME_KEYS),
                            index=index)
+
+
+@dataclass
+class PosePairPredictions:
+    """One exported pose pair (``export_pairs``), validated. Points float64 (x, y)."""
+
+    file: Path
+    image: np.ndarray                 # H0 x W0
+    warped_image: np.ndarray          # H1 x W1
+    K: np.ndarray                     # 3 x 3 intrinsics of image (at its evaluated size)
+    warped_K: np.ndarray              # 3 x 3 intrinsics of warped_image
+    T_0to1: np.ndarray                # 4 x 4, camera of image -> camera of warped_image
+    points: np.ndarray                # N x 2
+    scores: np.ndarray | None         # N
+    warped_points: np.ndarray         # M x 2
+    warped_scores: np.ndarray | None  # M
+    desc: np.ndarray                  # N x D
+    warped_desc: np.ndarray           # M x D
+    name: str | None = None
+
+
+def _matrix(data: dict, key: str, shape: tuple[int, int], path: Path) -> np.ndarray:
+    a = np.asarray(data[key])
+    if a.size == shape[0] * shape[1] and np.issubdtype(a.dtype, np.number):
+        a = a.reshape(shape).astype(np.float64)
+    if a.shape != shape or not np.isfinite(a).all():
+        raise UserError(f"{path}: key '{key}' must be a finite {shape[0]} x {shape[1]} matrix, "
+                        f"got shape {np.shape(data[key])}")
+    return a
+
+
+def load_pose_pair(path: str | Path) -> PosePairPredictions:
+    """Read and validate one pose-pair prediction file; every problem is a :class:`UserError` naming it."""
+    path = Path(path)
+    data = _read_npz(path, POSE_KEYS + DESCRIPTOR_KEYS, NAME_KEYS)
+    image = _gray(data["image"], path, "image")
+    warped_image = _gray(data["warped_image"], path, "warped_image")
+    K, K1 = _matrix(data, "K", (3, 3), path), _matrix(data, "warped_K", (3, 3), path)
+    for key, k in (("K", K), ("warped_K", K1)):
+        if not (k[0, 0] > 0 and k[1, 1] > 0):
+            raise UserError(f"{path}: key '{key}' must have positive focal lengths, got {k[0, 0]:g}, {k[1, 1]:g}")
+    T = _matrix(data, "T_0to1", (4, 4), path)
+    pts, scores = _points(data["prob"], path, "prob")
+    wpts, wscores = _points(data["warped_prob"], path, "warped_prob")
+    desc = _descriptors(data["desc"], len(pts), path, "desc", "prob")
+    wdesc = _descriptors(data["warped_desc"], len(wpts), path, "warped_desc", "warped_prob")
+    if len(pts) and len(wpts) and desc.shape[1] != wdesc.shape[1]:
+        raise UserError(f"{path}: 'desc' has dimension {desc.shape[1]} but 'warped_desc' has {wdesc.shape[1]}")
+    return PosePairPredictions(file=path, image=image, warped_image=warped_image, K=K, warped_K=K1, T_0to1=T,
+                               points=pts, scores=scores, warped_points=wpts, warped_scores=wscores,
+                               desc=desc, warped_desc=wdesc, name=_optional_str(data, NAME_KEYS))

@@ -18,6 +18,7 @@ from utils.config import ConfigError, load_config
 
 PROTOCOLS = ("ours", "reference")
 DESCRIPTOR_METRICS = ("l2", "hamming")
+HOMOGRAPHY_ESTIMATORS = ("ransac", "dlt")
 EVALUATOR_VERSION = "1.0"
 
 
@@ -35,6 +36,8 @@ class EvaluationSettings:
     sift: bool = False
     reference_image_size: tuple[int, int] = (240, 320)
     reference_nn_thresh: float = 1.2
+    homography_auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0)
+    homography_estimator: str = "ransac"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -58,6 +61,12 @@ class EvaluationSettings:
             raise ConfigError(f"evaluation.ransac.confidence: must be in (0, 1), got {self.ransac_confidence}")
         if self.nn_thresh is not None and not (isinstance(self.nn_thresh, (int, float)) and self.nn_thresh > 0):
             raise ConfigError(f"evaluation.nn_thresh: must be null or a positive number, got {self.nn_thresh!r}")
+        if not self.homography_auc_thresholds or any(not t > 0 for t in self.homography_auc_thresholds):
+            raise ConfigError(f"evaluation.homography_auc.thresholds: expected a non-empty list of positive "
+                              f"distances, got {list(self.homography_auc_thresholds)}")
+        if self.homography_estimator not in HOMOGRAPHY_ESTIMATORS:
+            raise ConfigError(f"evaluation.homography_auc.estimator: expected ransac or dlt, "
+                              f"got {self.homography_estimator!r}")
         if len(self.reference_image_size) != 2 or min(self.reference_image_size) < 2:
             raise ConfigError(f"evaluation.reference.image_size: expected [H, W], got {list(self.reference_image_size)}")
 
@@ -74,6 +83,7 @@ class EvaluationSettings:
         d.pop("extra")
         d["homography_thresholds"] = list(self.homography_thresholds)
         d["reference_image_size"] = list(self.reference_image_size)
+        d["homography_auc_thresholds"] = list(self.homography_auc_thresholds)
         d["nn_thresh"] = self.match_thresh
         d["corner_image_size"] = (list(self.reference_image_size) if self.protocol == "reference"
                                   else "each pair's own image size")
@@ -91,6 +101,7 @@ def settings_from_config(config: dict, protocol: str | None = None, top_k: int |
     ev = config.get("evaluation", {})
     ransac = ev.get("ransac", {})
     ref = ev.get("reference", {})
+    auc = ev.get("homography_auc", {})
     return EvaluationSettings(
         protocol=protocol if protocol is not None else ev.get("protocol", "ours"),
         top_k=int(top_k if top_k is not None else ev.get("top_k", 1000)),
@@ -104,6 +115,8 @@ def settings_from_config(config: dict, protocol: str | None = None, top_k: int |
         sift=bool(sift),
         reference_image_size=tuple(int(v) for v in ref.get("image_size", (240, 320))),
         reference_nn_thresh=float(ref.get("nn_thresh", 1.2)),
+        homography_auc_thresholds=tuple(float(t) for t in auc.get("thresholds", (1.0, 3.0, 5.0))),
+        homography_estimator=auc.get("estimator", "ransac"),
     )
 
 

@@ -1,4 +1,4 @@
-"""``export_classical.py export_descriptor``: SIFT or ORB (OpenCV) on the same image pairs.
+"""``export_classical.py export_descriptor`` / ``export_pairs``: SIFT or ORB (OpenCV) on the same image pairs.
 
 Writes the same ``predictions/<i>.npz`` as the network export (:mod:`exporters.predictions`):
 ``prob`` rows are (x, y, keypoint response), strongest first; ``desc`` is float32 -- SIFT's 128
@@ -99,11 +99,23 @@ def to_uint8(image) -> np.ndarray:
 
 
 def run(config: dict, export_dir: Path, args) -> int:
-    """Export every pair; ``args``: ``correspondence`` and ``outputImg`` (bools)."""
+    """``export_descriptor``: every pair of a homography dataset (HPatches).
+
+    ``args``: ``correspondence`` and ``outputImg`` (bools).
+    """
+    return export(config, export_dir, args, "homography")
+
+
+def run_pairs(config: dict, export_dir: Path, args) -> int:
+    """``export_pairs``: every pair of a pose pair list (``data.dataset: pose_pairs``)."""
+    return export(config, export_dir, args, "pose")
+
+
+def export(config: dict, export_dir: Path, args, geometry: str) -> int:
     features = ClassicalFeatures(config["classical"])
     with_matches = bool(getattr(args, "correspondence", False))
     output_images = bool(getattr(args, "outputImg", False))
-    dataset = pair_dataset(config)
+    dataset = pair_dataset(config, geometry)
     predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
     total = count_pairs(dataset, config.get("eval_iter", -1))
     pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))

@@ -1,6 +1,7 @@
-"""``export_descriptor``: keypoints and descriptors of a trained network on image pairs.
+"""``export_descriptor`` / ``export_pairs``: keypoints and descriptors of a trained network on image pairs.
 
-For every pair of the configured dataset (HPatches by default) the network runs on both images
+For every pair of the configured dataset (HPatches by default; ``export_pairs``: the pose pairs
+of ``data.pairs``, see :mod:`datasets.pose_pairs`) the network runs on both images
 through :class:`models.frontend.Frontend` (threshold, NMS, border removal, top-k, subpixel from
 the ``model:`` section) and one ``predictions/<i>.npz`` is written (format:
 :mod:`exporters.predictions`). Weights come from the top-level ``pretrained`` key.
@@ -88,16 +89,30 @@ def detect(frontend: Frontend, images: list[torch.Tensor], with_seg: bool) -> li
 
 
 def run(config: dict, export_dir: Path, args) -> int:
-    """Export every pair; returns 0. ``args``: ``outputImg``, ``export_segmentation`` (bools)."""
+    """``export_descriptor``: every pair of a homography dataset (HPatches); returns 0.
+
+    ``args``: ``outputImg``, ``export_segmentation`` (bools).
+    """
+    return export(config, export_dir, args, "homography")
+
+
+def run_pairs(config: dict, export_dir: Path, args) -> int:
+    """``export_pairs``: every pair of a pose pair list (``data.dataset: pose_pairs``); returns 0."""
+    return export(config, export_dir, args, "pose")
+
+
+def export(config: dict, export_dir: Path, args, geometry: str) -> int:
+    """Both images of every pair through the network -> ``predictions/<i>.npz``."""
     output_images = bool(getattr(args, "outputImg", False))
     with_seg = bool(getattr(args, "export_segmentation", False))
     label_set = (config["data"].get("segmentation") or {}).get("label_set", "cs34")
     frontend = build_frontend(config)
-    dataset = pair_dataset(config)
+    dataset = pair_dataset(config, geometry)
     predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
     total = count_pairs(dataset, config.get("eval_iter", -1))
     pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
-    for index, item in tqdm(pairs, total=total, desc="export_descriptor", unit="pair"):
+    task = "export_descriptor" if geometry == "homography" else "export_pairs"
+    for index, item in tqdm(pairs, total=total, desc=task, unit="pair"):
         first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
         record = base_record(item, index)
         record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))

@@ -14,6 +14,10 @@ name                0-d str                     sequence / image name
 pair_index          0-d int64                   k of the pair (1, k); -1 if the dataset has none
 ==================  ==========================  ==============================================
 
+Pose pairs (``export_pairs``, dataset ``pose_pairs``) have no ``homography``; they hold instead
+``K`` / ``warped_K`` (3 x 3 float64 intrinsics of each image at its evaluated size) and ``T_0to1``
+(4 x 4 float64, camera of ``image`` -> camera of ``warped_image``).
+
 Optional: ``seg`` / ``warped_seg`` (H x W int32 class ids, ``--export-segmentation``, with
 ``seg_gt`` / ``warped_seg_gt`` when the dataset has labels and ``seg_label_set``, 0-d str cs34 | cs4) and
 ``matches`` / ``match_indices`` / ``match_distance`` (``export_classical.py --correspondence``).
@@ -51,17 +55,26 @@ def prepare_output_dirs(export_dir: Path, images: bool = False) -> tuple[Path, P
     return dirs[0], (dirs[1] if images else None)
 
 
-def pair_dataset(config: dict):
-    """The configured dataset, checked to give image pairs with a homography."""
+# what each kind of export needs in the dataset's items, and how to get it
+PAIR_GEOMETRY = {
+    "homography": (("homography",), "descriptor exports need image pairs with a homography (HPatches, or "
+                                     "data.warped_pair.enable: true); pose pairs go through export_pairs"),
+    "pose": (("K", "warped_K", "T_0to1"), "export_pairs needs image pairs with intrinsics and a relative pose: "
+                                          "set data.dataset: pose_pairs with data.pairs and data.root"),
+}
+
+
+def pair_dataset(config: dict, geometry: str = "homography"):
+    """The configured dataset, checked to give image pairs with ``geometry`` (homography | pose)."""
     # HPatches ignores the split; single-image datasets export `data.export_folder`
     dataset = get_dataset(config, str(config["data"].get("export_folder", "test")), pairs=True)
     if len(dataset) == 0:
         raise UserError(f"data.dataset '{config['data']['dataset']}': the dataset is empty")
     first = dataset[0]
-    missing = [k for k in ("image", "warped_image", "homography") if k not in first]
+    keys, hint = PAIR_GEOMETRY[geometry]
+    missing = [k for k in ("image", "warped_image") + keys if k not in first]
     if missing:
-        raise UserError(f"data.dataset '{config['data']['dataset']}': items have no {', '.join(missing)}; "
-                        f"descriptor exports need image pairs (HPatches, or data.warped_pair.enable: true)")
+        raise UserError(f"data.dataset '{config['data']['dataset']}': items have no {', '.join(missing)}; {hint}")
     return dataset
 
 
@@ -88,17 +101,20 @@ def _numpy(x, dtype) -> np.ndarray:
 
 
 def base_record(item: dict, index: int) -> dict:
-    """The image / homography / name fields of one prediction file."""
+    """The image / geometry (homography, or intrinsics and pose) / name fields of one prediction file."""
     pair_index = item.get("pair_index", -1)
     if isinstance(pair_index, torch.Tensor):
         pair_index = int(pair_index)
-    return {
+    record = {
         "image": _numpy(item["image"], np.float32).reshape(item["image"].shape[-2:]),
         "warped_image": _numpy(item["warped_image"], np.float32).reshape(item["warped_image"].shape[-2:]),
-        "homography": _numpy(item["homography"], np.float64).reshape(3, 3),
         "name": np.str_(item.get("name", str(index))),
         "pair_index": np.int64(pair_index),
     }
+    for key, shape in (("homography", (3, 3)), ("K", (3, 3)), ("warped_K", (3, 3)), ("T_0to1", (4, 4))):
+        if key in item:
+            record[key] = _numpy(item[key], np.float64).reshape(shape)
+    return record
 
 
 def keypoint_fields(points, scores, desc, prefix: str = "") -> dict:

@@ -65,12 +65,22 @@ def side_by_side(images, gap: int = 8, background: int = 255) -> np.ndarray:
     return out
 
 
+def error_colors(errors: np.ndarray, threshold: float) -> np.ndarray:
+    """``L`` errors -> ``L x 3`` uint8 RGB: green at 0, yellow at ``threshold``, red from 2x it on."""
+    r = np.clip(np.nan_to_num(np.asarray(errors, np.float64) / threshold, nan=2.0, posinf=2.0), 0.0, 2.0)
+    f = r[:, None]
+    g, y, red = np.array(GREEN, np.float64), np.array(YELLOW, np.float64), np.array(RED, np.float64)
+    out = np.where(f <= 1.0, g + (y - g) * f, y + (red - y) * (f - 1.0))
+    return np.round(out).astype(np.uint8)
+
+
 def draw_matches(image1: np.ndarray, image2: np.ndarray, points1: np.ndarray, points2: np.ndarray,
                  correct: np.ndarray | None = None, gap: int = 8, thickness: int = 1,
-                 max_lines: int | None = None, seed: int = 0) -> np.ndarray:
+                 max_lines: int | None = None, seed: int = 0, colors: np.ndarray | None = None) -> np.ndarray:
     """The two images side by side with a line per match (``points1[i]`` <-> ``points2[i]``).
 
-    Lines are green where ``correct`` is True, red where False, blue without ``correct``.
+    Lines are green where ``correct`` is True, red where False, blue without ``correct``;
+    ``colors`` (``L x 3`` RGB, e.g. :func:`error_colors`) gives each line its own colour instead.
     ``max_lines`` draws a random subset (seeded) when there are more matches.
     """
     canvas = side_by_side([image1, image2], gap=gap)
@@ -86,7 +96,10 @@ def draw_matches(image1: np.ndarray, image2: np.ndarray, points1: np.ndarray, po
         idx = idx[np.argsort(ok[idx], kind="stable")]
     a, b = _fixed(p1[idx]), _fixed(p2[idx])
     for k, i in enumerate(idx):
-        color = BLUE if ok is None else (GREEN if ok[i] else RED)
+        if colors is not None:
+            color = tuple(int(c) for c in colors[i])
+        else:
+            color = BLUE if ok is None else (GREEN if ok[i] else RED)
         pa, pb = (int(a[k, 0]), int(a[k, 1])), (int(b[k, 0]), int(b[k, 1]))
         cv2.line(canvas, pa, pb, color, thickness, cv2.LINE_AA, _SHIFT)
         cv2.circle(canvas, pa, 2 << _SHIFT, color, 1, cv2.LINE_AA, _SHIFT)

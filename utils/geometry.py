@@ -92,6 +92,41 @@ def homography_from_points(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor
     return H.to(dtype)
 
 
+def homography_dlt(src, dst) -> np.ndarray | None:
+    """Least-squares homography from ``N >= 4`` point pairs (numpy ``N x 2`` each): the direct
+    linear transform on Hartley-normalised points (centroid at 0, mean distance sqrt(2)), solved
+    by SVD, every pair weighted equally and no robust step. Returns float64 3 x 3 with H[2, 2] = 1
+    mapping src -> dst, or None (fewer than 4 pairs, degenerate points).
+    """
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    if len(src) < 4 or len(src) != len(dst):
+        return None
+
+    def normaliser(p):
+        c = p.mean(axis=0)
+        d = np.linalg.norm(p - c, axis=1).mean()
+        if not d > 0:
+            return None
+        s = np.sqrt(2.0) / d
+        return np.array([[s, 0.0, -s * c[0]], [0.0, s, -s * c[1]], [0.0, 0.0, 1.0]])
+
+    Ts, Td = normaliser(src), normaliser(dst)
+    if Ts is None or Td is None:
+        return None
+    a = src @ Ts[:2, :2].T + Ts[:2, 2]
+    b = dst @ Td[:2, :2].T + Td[:2, 2]
+    x, y, u, v = a[:, 0], a[:, 1], b[:, 0], b[:, 1]
+    zeros, ones = np.zeros_like(x), np.ones_like(x)
+    A = np.concatenate([np.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y, -u], axis=1),
+                        np.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y, -v], axis=1)])
+    H = np.linalg.svd(A)[2][-1].reshape(3, 3)  # the right singular vector of the smallest value
+    H = np.linalg.inv(Td) @ H @ Ts
+    if not np.isfinite(H).all() or abs(H[2, 2]) < 1e-12 * np.abs(H).max():
+        return None
+    return H / H[2, 2]
+
+
 def resize_matrix(size_from, size_to, dtype=torch.float64) -> torch.Tensor:
     """3x3 matrix taking pixel coordinates of an image of ``size_from`` (H, W) to the same image
     resized to ``size_to`` (pixel-centre convention: ``x' = (x + 0.5) * s - 0.5``)."""
@@ -287,3 +322,75 @@ def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     k = 2 * radius + 1
     inv = F.pad(1 - mask, (radius,) * 4, value=0.0)
     return 1 - F.max_pool2d(inv, kernel_size=k, stride=1)
+
+
+# --------------------------------------------------------------------------------------------
+# two-view geometry (calibrated cameras, numpy)
+# --------------------------------------------------------------------------------------------
+# ``K`` is a 3 x 3 intrinsic matrix for the project's pixel convention; ``T_0to1`` a 4 x 4 rigid
+# transform taking points of camera 0's frame into camera 1's: X1 = R X0 + t.
+def scale_intrinsics(K, size_from, size_to) -> np.ndarray:
+    """Intrinsics of an image of ``size_from`` (H, W) resized (stretched) to ``size_to``.
+
+    ``resize_matrix(size_from, size_to) @ K``: exact under the pixel-centre convention
+    (``fx' = fx * sx``, ``cx' = (cx + 0.5) * sx - 0.5``, likewise y). Returns float64 3 x 3.
+    """
+    return resize_matrix(size_from, size_to).numpy() @ np.asarray(K, dtype=np.float64)
+
+
+def normalize_points(points, K) -> np.ndarray:
+    """Pixels ``N x 2`` -> normalised camera coordinates ``N x 2`` (``K^-1 [x, y, 1]``, z dropped)."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    K = np.asarray(K, dtype=np.float64)
+    homog = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ np.linalg.inv(K).T
+    return homog[:, :2] / homog[:, 2:3]
+
+
+def essential_matrix(T_0to1) -> np.ndarray:
+    """``E = [t]_x R`` of a 4 x 4 relative pose: ``x1^T E x0 = 0`` for normalised points."""
+    T = np.asarray(T_0to1, dtype=np.float64)
+    t = T[:3, 3]
+    t_x = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+    return t_x @ T[:3, :3]
+
+
+def symmetric_epipolar_error(points0, points1, K0, K1, T_0to1) -> np.ndarray:
+    """Squared symmetric epipolar distance of matches, in normalised camera coordinates.
+
+    For normalised matches x0, x1 (``N x 2`` pixels in, ``N`` out):
+    ``d = (x1^T E x0)^2 * (1 / |(E x0)_12|^2 + 1 / |(E^T x1)_12|^2)``, i.e. the squared distance of
+    x1 to the epipolar line of x0 plus that of x0 to the line of x1 (SuperGlue's definition; its
+    correctness threshold is 5e-4). Degenerate lines (zero normal) give inf.
+    """
+    x0 = normalize_points(points0, K0)
+    x1 = normalize_points(points1, K1)
+    x0 = np.concatenate([x0, np.ones((len(x0), 1))], axis=1)
+    x1 = np.concatenate([x1, np.ones((len(x1), 1))], axis=1)
+    E = essential_matrix(T_0to1)
+    Ex0 = x0 @ E.T         # N x 3: epipolar lines in image 1
+    Etx1 = x1 @ E          # N x 3: epipolar lines in image 0
+    num = np.sum(x1 * Ex0, axis=1) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = num * (1.0 / (Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2) + 1.0 / (Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2))
+    return np.where(np.isfinite(d), d, np.inf)
+
+
+def rotation_angle_error(R_est, R_true) -> float:
+    """Angle (degrees) of the rotation taking ``R_est`` to ``R_true``: ``acos((tr(R_est^T R_true) - 1) / 2)``."""
+    c = (np.trace(np.asarray(R_est, np.float64).T @ np.asarray(R_true, np.float64)) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def translation_angle_error(t_est, t_true) -> float:
+    """Angle (degrees) between two translation directions, sign-free: ``min(a, 180 - a)``.
+
+    The essential matrix fixes the translation only up to scale and sign; a zero vector gives 90
+    (no direction is known). SuperGlue / LoFTR fold the angle the same way.
+    """
+    a = np.asarray(t_est, np.float64).reshape(3)
+    b = np.asarray(t_true, np.float64).reshape(3)
+    n = np.linalg.norm(a) * np.linalg.norm(b)
+    if not n > 0:
+        return 90.0
+    angle = float(np.degrees(np.arccos(np.clip(a @ b / n, -1.0, 1.0))))
+    return min(angle, 180.0 - angle)
