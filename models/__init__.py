@@ -138,3 +138,30 @@ def load_pretrained(model_config: dict, path: str | Path, strict: bool = True,
     model = build_model(model_config_for(model_config, obj))
     load_state(model, obj, path, strict)
     return model
+
+
+def frozen_modules(model: torch.nn.Module, parts) -> list[torch.nn.Module]:
+    """Freeze the named parts of a network (``encoder``, ``detector``, ``descriptor``,
+    ``segmentation``; see each class's ``PARTS``): their parameters stop requiring gradients.
+    Returns the frozen modules, which the caller keeps in eval mode (see :func:`train_mode`) so
+    that their batch-norm statistics stay those of the loaded weights."""
+    table = getattr(model, "PARTS", {})
+    frozen = []
+    for part in parts or ():
+        if part not in table:
+            raise ValueError(f"model.freeze: unknown part {part!r} for {type(model).__name__} "
+                             f"(expected some of {sorted(table)})")
+        for name in table[part]:
+            module = getattr(model, name, None)
+            if module is None:
+                continue  # e.g. segmentation on a network built without its head
+            module.requires_grad_(False)
+            frozen.append(module)
+    return frozen
+
+
+def train_mode(model: torch.nn.Module, frozen: list[torch.nn.Module]) -> None:
+    """``model.train()`` except for the frozen modules, which stay in eval mode."""
+    model.train()
+    for module in frozen:
+        module.eval()

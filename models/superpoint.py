@@ -17,6 +17,10 @@ class SuperPointNet(nn.Module):
     Output dict: ``semi`` ``B x 65 x H/8 x W/8`` logits, ``desc`` ``B x 256 x H/8 x W/8`` unit vectors.
     """
 
+    # the network's parts by child module (``model.freeze`` names parts)
+    PARTS = {"encoder": ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b"),
+             "detector": ("convPa", "convPb"), "descriptor": ("convDa", "convDb")}
+
     def __init__(self, descriptor_dim: int = 256):
         super().__init__()
         c1, c2, c3, c4, c5 = 64, 64, 128, 128, 256

@@ -47,6 +47,10 @@ class SuperPointNet_gauss2(nn.Module):
     and ``seg`` ``B x C x H x W`` logits when a segmentation head is configured.
     """
 
+    # the network's parts by child module (``model.freeze`` names parts)
+    PARTS = {"encoder": ("inc", "down1", "down2", "down3"), "detector": ("convPa", "bnPa", "convPb", "bnPb"),
+             "descriptor": ("convDa", "bnDa", "convDb", "bnDb"), "segmentation": ("seg_head",)}
+
     def __init__(self, descriptor_dim: int = 256, seg_head: nn.Module | None = None):
         super().__init__()
         c1, c2, c3, c4, c5 = 64, 64, 128, 128, 256

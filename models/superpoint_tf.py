@@ -40,6 +40,9 @@ class SuperPointTF(nn.Module):
     ``desc`` ``B x D x H/8 x W/8`` unit vectors.
     """
 
+    # the network's parts by child module (``model.freeze`` names parts)
+    PARTS = {"encoder": ("backbone",), "detector": ("detector",), "descriptor": ("descriptor",)}
+
     def __init__(self, descriptor_dim: int = 256, input_scale: float = 1.0):
         super().__init__()
         channels = (64, 64, 128, 128)

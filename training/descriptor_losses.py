@@ -1,7 +1,8 @@
-"""Descriptor losses of joint training: dense (the paper's hinge loss over all cell pairs) and
-sparse (sampled correspondences, contrastive).
+"""Descriptor losses of joint training: dense (the paper's hinge loss over all cell pairs),
+sparse (sampled correspondences, contrastive hinge) and InfoNCE (sampled correspondences, each
+against every non-matching cell).
 
-Both compare the coarse descriptor maps of an image A and of its warp B (``H`` maps A's pixels
+All compare the coarse descriptor maps of an image A and of its warp B (``H`` maps A's pixels
 into B). Cell ``(i, j)`` of an 8x8 grid has its centre at pixel ``(8j + 3.5, 8i + 3.5)`` (the
 convention of :func:`utils.keypoints.pixels_to_descriptor_grid`); cells are numbered row-major.
 Everything is computed in float32 with autocast disabled (safe under bf16/fp16 training).
@@ -31,6 +32,11 @@ Sparse loss, per image (a batched form of the reference implementation's sparse 
     l2:  pos = mean_i ||d_i - d'(p_i)||^2,             neg_ij = max(0, sqrt(1.6) - ||d_i - d'_j||)^2
     neg = sum_ij neg_ij / (number of neg_ij > 0, + 1)   ("hard negatives" mean, as the reference)
     L   = lamda_d * pos + neg
+
+InfoNCE loss, per image (:func:`infonce_descriptor_loss`; matches drawn as for the sparse loss)::
+
+    for each match i:  -log( e^(d_i . d'(p_i) / t) / (e^(d_i . d'(p_i) / t) + sum_j e^(d_i . d'_j / t)) )
+              j over B's valid cells farther than one cell from p_i; the same from B to A; averaged
 
 (``sqrt(2 - 2 * 0.2)`` is the L2 distance of unit vectors with cosine 0.2, so both variants put
 the negative margin at the same place.) The draws are made in ``datasets``-side preparation
@@ -308,3 +314,69 @@ def sparse_descriptor_loss(desc: torch.Tensor, warped_desc: torch.Tensor, pairs:
     neg = hinge.sum(dim=(1, 2)) / (hard + 1)
     pos = float(lamda_d) * pos
     return (pos + neg).mean(), {"pos": pos.mean().detach(), "neg": neg.mean().detach()}
+
+
+# --------------------------------------------------------------------------------------------
+# InfoNCE
+# --------------------------------------------------------------------------------------------
+@_fp32
+def infonce_descriptor_loss(desc: torch.Tensor, warped_desc: torch.Tensor, pairs: SparsePairs,
+                            homography: torch.Tensor, valid_mask: torch.Tensor | None = None,
+                            warped_valid_mask: torch.Tensor | None = None, temperature: float = 0.05,
+                            exclusion: float = float(CELL), cell: int = CELL):
+    """Cross entropy of each sampled match against every non-matching cell, both ways (InfoNCE).
+
+    For match ``i`` (cell ``c_i`` of A, seen at ``p_i = H c_i`` in B, descriptor ``d'(p_i)`` bilinear
+    in B's map)::
+
+        A -> B:  -log softmax_j(s_ij / t)[pos],  s_i,pos = d_i . d'(p_i),  j over B's valid cells
+                 whose centre lies farther than ``exclusion`` pixels from p_i
+        B -> A:  the same for d'(p_i) against A's valid cells whose centre, warped by H, lies
+                 farther than ``exclusion`` from p_i
+        L = mean over matches of the two terms' average; the batch loss is the mean over matches
+        of all images.
+
+    Unlike the hinge losses, every cell of the other image competes with the match, so the
+    gradient always comes from the hardest non-matches: what nearest-neighbour matching needs.
+
+    Args:
+        desc, warped_desc: ``B x D x Hc x Wc`` unit descriptor maps of A and B.
+        pairs: from :func:`sample_sparse_pairs` (its negatives are not used).
+        homography: ``B x 3 x 3`` A -> B. valid_mask / warped_valid_mask: ``B x 1 x H x W`` or None.
+    Returns:
+        (loss, {"pos": mean positive similarity, "neg": mean hardest non-match similarity}).
+    """
+    desc, warped_desc = desc.float(), warped_desc.float()
+    B, D, hc, wc = desc.shape
+    n = hc * wc
+    h, w = hc * cell, wc * cell
+    flat_a = desc.reshape(B, D, n)
+    flat_b = warped_desc.reshape(B, D, n)
+    da = flat_a.gather(2, pairs.cells_a.unsqueeze(1).expand(-1, D, -1)).transpose(1, 2)  # B M D
+    pts = torch.stack([pairs.points_b[..., 0].clamp(0, w - 1), pairs.points_b[..., 1].clamp(0, h - 1)], -1)
+    db = sample_descriptors(warped_desc, pts, cell)  # B M D
+    pos = (da * db).sum(-1)  # B M
+
+    far2 = float(exclusion) ** 2
+    centers_b = cell_centers((hc, wc), desc.device, cell)  # N 2
+    near_b = ((centers_b.view(1, 1, n, 2) - pairs.points_b.unsqueeze(2)) ** 2).sum(-1) <= far2  # B M N
+    ok_b = ~near_b & (_cell_mask(warped_valid_mask, B, n, desc.device) > 0.5).unsqueeze(1)
+    centers_a = warp_cell_centers(homography.to(desc.device), (hc, wc), cell)  # B N 2 (A's cells in B)
+    near_a = ((centers_a.unsqueeze(1) - pairs.points_b.unsqueeze(2)) ** 2).sum(-1) <= far2
+    ok_a = ~near_a & (_cell_mask(valid_mask, B, n, desc.device) > 0.5).unsqueeze(1)
+
+    t = float(temperature)
+    sim_b = torch.bmm(da, flat_b).masked_fill(~ok_b, float("-inf"))  # B M N
+    sim_a = torch.bmm(db, flat_a).masked_fill(~ok_a, float("-inf"))
+    terms = []
+    for sims in (sim_b, sim_a):
+        logits = torch.cat([pos.unsqueeze(-1), sims], dim=-1) / t
+        terms.append(torch.logsumexp(logits, dim=-1) - pos / t)
+    per_match = (terms[0] + terms[1]) / 2
+    mm = pairs.match_mask.float()
+    # per image, then over the batch (as the other losses: any split of the batch averages the same)
+    loss = ((per_match * mm).sum(1) / mm.sum(1).clamp(min=1.0)).mean()
+    hardest = torch.maximum(sim_a.amax(-1), sim_b.amax(-1)).clamp(min=-1.0)
+    logs = {"pos": ((pos * mm).sum() / mm.sum().clamp(min=1.0)).detach(),
+            "neg": ((hardest * mm).sum() / mm.sum().clamp(min=1.0)).detach()}
+    return loss, logs

@@ -24,7 +24,8 @@ import torch
 from datasets.augmentation import Randomness
 from evaluations.keypoint_detection import DetectionAccumulator
 from models.frontend import Frontend, FrontendOutput, keypoint_settings
-from training.descriptor_losses import dense_descriptor_loss, sample_sparse_pairs, sparse_descriptor_loss
+from training.descriptor_losses import (dense_descriptor_loss, infonce_descriptor_loss, sample_sparse_pairs,
+                                       sparse_descriptor_loss)
 from evaluations.segmentation import confusion_matrix, scores_from_confusion
 from training.losses_segmentation import segmentation_loss
 from training.magicpoint import DetectorTask
@@ -105,17 +106,17 @@ class SuperPointTask(DetectorTask):
         if not (self.data_cfg.get("warped_pair") or {}).get("enable", False):
             raise ConfigError("data.warped_pair.enable: joint training needs image pairs; set it to true")
         self.lambda_loss = float(m.get("lambda_loss", 0.0))
-        dense = bool((m.get("dense_loss") or {}).get("enable", False))
-        sparse = bool((m.get("sparse_loss") or {}).get("enable", False))
-        if dense and sparse:
-            raise ConfigError("model.dense_loss.enable and model.sparse_loss.enable are both true; "
+        kinds = [k for k in ("dense", "sparse", "infonce") if (m.get(f"{k}_loss") or {}).get("enable", False)]
+        if len(kinds) > 1:
+            raise ConfigError(f"model.{kinds[0]}_loss.enable and model.{kinds[1]}_loss.enable are both true; "
                               "enable one descriptor loss")
-        if self.lambda_loss > 0 and not (dense or sparse):
-            raise ConfigError("model.lambda_loss > 0 but no descriptor loss is enabled "
-                              "(set model.dense_loss.enable or model.sparse_loss.enable)")
-        self.descriptor_loss_kind = None if self.lambda_loss == 0 else ("dense" if dense else "sparse")
+        if self.lambda_loss > 0 and not kinds:
+            raise ConfigError("model.lambda_loss > 0 but no descriptor loss is enabled (set "
+                              "model.dense_loss.enable, model.sparse_loss.enable or model.infonce_loss.enable)")
+        self.descriptor_loss_kind = kinds[0] if self.lambda_loss > 0 else None
         self.dense_params = dict((m.get("dense_loss") or {}).get("params") or {})
         self.sparse_params = dict((m.get("sparse_loss") or {}).get("params") or {})
+        self.infonce_params = dict((m.get("infonce_loss") or {}).get("params") or {})
         if self.descriptor_loss_kind == "sparse":
             if self.sparse_params.get("dist", "cos") not in ("cos", "l2"):
                 raise ConfigError(f"model.sparse_loss.params.dist: expected cos or l2, "
@@ -152,12 +153,13 @@ class SuperPointTask(DetectorTask):
     # ------------------------------------------------------------------ data
     def prepare(self, batch: dict, training: bool, rng: Randomness, device: torch.device) -> dict:
         prepared = super().prepare(batch, training, rng, device)
-        if training and self.descriptor_loss_kind == "sparse":
-            p = self.sparse_params
+        if training and self.descriptor_loss_kind in ("sparse", "infonce"):
+            p = self.sparse_params if self.descriptor_loss_kind == "sparse" else self.infonce_params
+            # InfoNCE compares each match with every cell: it draws no negatives
+            negatives = int(p["num_masked_non_matches_per_match"]) if self.descriptor_loss_kind == "sparse" else 0
             prepared["sparse_pairs"] = sample_sparse_pairs(
-                prepared["homography"], prepared["image"].shape[-2:], int(p.get("num_matching_attempts", 1000)),
-                int(p.get("num_masked_non_matches_per_match", 100)), rng,
-                valid_mask=prepared["valid_mask"], warped_valid_mask=prepared["warped_valid_mask"])
+                prepared["homography"], prepared["image"].shape[-2:], int(p["num_matching_attempts"]),
+                negatives, rng, valid_mask=prepared["valid_mask"], warped_valid_mask=prepared["warped_valid_mask"])
         return prepared
 
     # ------------------------------------------------------------------ loss
@@ -173,6 +175,11 @@ class SuperPointTask(DetectorTask):
         if "sparse_pairs" not in prepared:
             raise ValueError("sparse descriptor loss: the batch has no sampled pairs "
                              "(prepare it with training=True)")
+        if self.descriptor_loss_kind == "infonce":
+            p = self.infonce_params
+            return infonce_descriptor_loss(desc, wdesc, prepared["sparse_pairs"], prepared["homography"],
+                                           prepared["valid_mask"], prepared["warped_valid_mask"],
+                                           temperature=float(p["temperature"]), exclusion=float(p["exclusion"]))
         p = self.sparse_params
         return sparse_descriptor_loss(desc, wdesc, prepared["sparse_pairs"], lamda_d=float(p.get("lamda_d", 1.0)),
                                       dist=str(p.get("dist", "cos")), method=str(p.get("method", "2d")))

@@ -35,11 +35,12 @@ from tqdm import tqdm
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from models import build_model, extract_state_dict, load_weights, model_config_for, read_weights
+from models import (build_model, extract_state_dict, frozen_modules, load_weights, model_config_for, read_weights,
+                    train_mode)
 from training.checkpoints import latest_checkpoint, load_checkpoint, resolve_pretrained, save_checkpoint
 from training.sampler import ResumableBatchSampler
 from utils.cli import UserError, autocast_dtype, resolve_device
-from utils.config import dump_config
+from utils.config import ConfigError, dump_config
 
 
 class TrainTask(Protocol):
@@ -162,7 +163,12 @@ class Trainer:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         # channels-last weights: measurably faster convolutions on CPU (oneDNN) and tensor cores
         self.net = net.to(self.device).to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=float(mcfg["learning_rate"]),
+        # frozen parts (model.freeze) keep their weights and batch-norm statistics
+        self.frozen = frozen_modules(self.net, self.config["model"].get("freeze") or [])
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        if not trainable:
+            raise ConfigError("model.freeze: every part of the network is frozen; nothing to train")
+        self.optimizer = torch.optim.Adam(trainable, lr=float(mcfg["learning_rate"]),
                                           betas=(0.9, 0.999), weight_decay=float(mcfg.get("weight_decay", 0.0)))
         # fp16 needs loss scaling (bf16 has fp32's range and does not)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
@@ -309,7 +315,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 metrics = self.task.validate(self.net, batches, self.device)
         finally:
-            self.net.train()
+            train_mode(self.net, self.frozen)
         return metrics
 
     def _tb_scalars(self, prefix: str, values: dict) -> None:
@@ -327,7 +333,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 images = self.task.show(self.net, prepared)
         finally:
-            self.net.train()
+            train_mode(self.net, self.frozen)
         for k, img in images.items():
             self.writer.add_image(f"train/{k}", img, self.n_iter, dataformats="HWC")
 
@@ -355,7 +361,7 @@ class Trainer:
             self._log(f"training {self.name} on {self.device}{procs} "
                       f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
                       f"iterations {self.n_iter} -> {total}; logs in {self.exp_dir}, TensorBoard in {self.runs_dir}")
-        self.model.train()
+        train_mode(self.model, self.frozen)
         last_metrics: dict = {}
         last_loss = None
         t0, seen = time.perf_counter(), 0
