@@ -2,7 +2,7 @@
 
     python evaluation.py logs/<name>/predictions [-r] [-homo] [-o] [--plotMatching] [--sift]
         [--protocol ours|reference] [--top-k K] [--evaluate-segmentation] [--category-file F]
-        [--output DIR] [--set evaluation.KEY=VALUE ...]
+        [--output DIR] [--allow-partial] [--set evaluation.KEY=VALUE ...]
 
 Without -r / -homo / segmentation flags every HPatches metric is computed. Results go to the
 predictions folder's parent (``logs/<name>/results.{txt,json}``; ``results_reference.*`` for
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="DIR",
                    help="where results.{txt,json} and pictures go (default: the predictions folder's parent)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--allow-partial", dest="allow_partial", action="store_true",
+                   help="score an incomplete or mixed set of predictions (default: refuse it; the export's "
+                        "manifest.json says what a complete set holds)")
     add_config_overrides(p)
     return p
 
@@ -81,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         rep = homo = True
     settings = load_settings(args.overrides, protocol=args.protocol, top_k=args.top_k, sift=args.sift)
     output_dir = Path(args.output) if args.output else pred_dir.resolve().parent
+    from evaluations.predictions import check_export
+
+    warning = check_export(pred_dir, allow_partial=args.allow_partial)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
     if rep or homo:
         results = evaluate_folder(pred_dir, settings, repeatability=rep, homography=homo, output_dir=output_dir,

@@ -23,8 +23,8 @@ from models.frontend import Frontend, inference_frontend
 from utils.cli import UserError, resolve_device
 from utils.segmentation_labels import class_ids
 
-from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
-                                   prepare_output_dirs, save_prediction, save_preview)
+from exporters.predictions import (StagedExport, base_record, count_pairs, iterate_pairs, keypoint_fields,
+                                   pair_dataset)
 
 
 def build_frontend(config: dict) -> Frontend:
@@ -94,7 +94,8 @@ def run(config: dict, export_dir: Path, args) -> int:
     with_seg = bool(getattr(args, "export_segmentation", False))
     frontend = build_frontend(config)
     dataset = pair_dataset(config)
-    predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
+    out = StagedExport(export_dir, "export_descriptor", config, images=output_images,
+                       model=config["model"]["name"], weights=resolve_pretrained(config))
     total = count_pairs(dataset, config.get("eval_iter", -1))
     pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
     for index, item in tqdm(pairs, total=total, desc="export_descriptor", unit="pair"):
@@ -108,8 +109,8 @@ def run(config: dict, export_dir: Path, args) -> int:
             for key in ("seg", "warped_seg"):
                 if key in item:
                     record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
-        save_prediction(predictions_dir, index, record)
-        if output_images:
-            save_preview(images_dir, index, record)
+        out.save(index, record)
+        out.preview(index, record)
+    predictions_dir = out.commit(total)
     print(f"exported {total} pairs to {predictions_dir}")
     return 0

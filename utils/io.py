@@ -146,15 +146,42 @@ def atomic_imwrite(path: str | Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, encoded.tobytes())
 
 
+EXPORT_MANIFEST = "manifest.json"  # beside predictions/: what a complete export holds (exporters/predictions.py)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class ImageReadError(IOError):
-    """An image file is missing or cannot be decoded."""
+    """An image file is missing, cannot be decoded, or holds no usable picture."""
+
+
+MIN_IMAGE_SIDE = 8  # one 8 x 8 cell of the network: anything smaller has no keypoint to find
+
+
+def _check_decoded(path: Path, img: np.ndarray) -> None:
+    """Degenerate pictures are errors naming the file: a side under one cell, NaN or inf pixels."""
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ImageReadError(f"{path}: image is {w}x{h} pixels, smaller than one {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} cell")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise ImageReadError(f"{path}: image holds NaN or infinite pixel values")
 
 
 def read_image_gray(path: str | Path) -> np.ndarray:
     """Read an image file as float32 gray in [0, 1], shape H x W.
 
     Colour images are converted with OpenCV's BGR -> gray weights; 16-bit images are scaled by
-    65535. Raises :class:`ImageReadError` naming the file if it is missing or unreadable.
+    65535. Raises :class:`ImageReadError` naming the file if it is missing or unreadable, smaller
+    than one 8 x 8 cell, or holds NaN / infinite values.
     """
     import cv2
 
@@ -165,6 +192,7 @@ def read_image_gray(path: str | Path) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE) if data.size else None
     if img is None:
         raise ImageReadError(f"{path}: not a readable image")
+    _check_decoded(path, img)
     scale = 65535.0 if img.dtype == np.uint16 else 255.0
     return img.astype(np.float32) / scale
 
@@ -180,4 +208,5 @@ def read_image_color(path: str | Path) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise ImageReadError(f"{path}: not a readable image")
+    _check_decoded(path, img)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
