@@ -94,23 +94,23 @@ def run(config: dict, export_dir: Path, args) -> int:
     with_seg = bool(getattr(args, "export_segmentation", False))
     frontend = build_frontend(config)
     dataset = pair_dataset(config)
-    out = StagedExport(export_dir, "export_descriptor", config, images=output_images,
-                       model=config["model"]["name"], weights=resolve_pretrained(config))
-    total = count_pairs(dataset, config.get("eval_iter", -1))
-    pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
-    for index, item in tqdm(pairs, total=total, desc="export_descriptor", unit="pair"):
-        first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
-        record = base_record(item, index)
-        record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
-        record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
-        if with_seg:
-            record["seg"], record["warped_seg"] = first["seg"], second["seg"]
-            # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
-            for key in ("seg", "warped_seg"):
-                if key in item:
-                    record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
-        out.save(index, record)
-        out.preview(index, record)
-    predictions_dir = out.commit(total)
+    with StagedExport(export_dir, "export_descriptor", config, images=output_images,
+                      model=config["model"]["name"], weights=resolve_pretrained(config)) as out:
+        total = count_pairs(dataset, config.get("eval_iter", -1))
+        pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+        for index, item in tqdm(pairs, total=total, desc="export_descriptor", unit="pair"):
+            first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
+            record = base_record(item, index)
+            record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
+            record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
+            if with_seg:
+                record["seg"], record["warped_seg"] = first["seg"], second["seg"]
+                # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
+                for key in ("seg", "warped_seg"):
+                    if key in item:
+                        record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
+            out.save(index, record)
+            out.preview(index, record)
+        predictions_dir = out.commit(total)
     print(f"exported {total} pairs to {predictions_dir}")
     return 0

@@ -69,7 +69,8 @@ class StagedExport:
 
     ``save(index, record)`` / ``preview(index, record)`` write into ``<export_dir>/.staging/``;
     ``commit(expected)`` checks the count, swaps the staged folders in for ``predictions/`` (and
-    ``images/``) and writes the manifest. The caller holds the export folder's lock.
+    ``images/``) and writes the manifest. Used as a context manager, an error removes the staged
+    files (a kill leaves them to the next export). The caller holds the export folder's lock.
     """
 
     def __init__(self, export_dir: Path, task: str, config: dict, images: bool = False,
@@ -86,6 +87,13 @@ class StagedExport:
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, str] = {}
+
+    def __enter__(self) -> "StagedExport":
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def save(self, index: int, record: dict) -> Path:
         path = save_prediction(self.predictions_dir, index, record)

@@ -30,22 +30,22 @@ class EventLog:
         self.logdir = Path(logdir)
         self.failed: str | None = None
         self._writer = None
+        self.path: Path | None = None  # the event file
         try:
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto.event_pb2 import Event, SessionLog
 
             self.logdir.mkdir(parents=True, exist_ok=True)
-            # the pid in the name: a resumed run started within the same second gets its own file
-            self._writer = EventsWriter(str(self.logdir / "events"), filename_suffix=f".{os.getpid()}")
+            # nanoseconds and pid in the name: a resumed run started within the same second gets its
+            # own file, which sorts after the earlier one (TensorBoard reads files in name order)
+            self._writer = EventsWriter(str(self.logdir / "events"),
+                                        filename_suffix=f".{time.time_ns():020d}.{os.getpid()}")
+            self.path = Path(self._writer._file_name)
             if purge_step is not None:
                 self._write(Event(step=int(purge_step), wall_time=time.time(),
                                   session_log=SessionLog(status=SessionLog.START)))
         except OSError as e:
             self._fail(e)
-
-    @property
-    def path(self) -> Path | None:
-        return None if self._writer is None else Path(self._writer._file_name)
 
     def _fail(self, e: BaseException) -> None:
         if self.failed is None:
