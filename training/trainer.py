@@ -383,7 +383,9 @@ class Trainer:
             return self.validate()
         self._loaders()
         if self.is_main:
-            self.writer = EventLog(self.runs_dir, purge_step=self.n_iter if self.n_iter > 0 else None)
+            # a resumed run logs again from step n_iter + 1: TensorBoard drops what a killed run
+            # wrote there (steps up to n_iter were flushed with the checkpoint)
+            self.writer = EventLog(self.runs_dir, purge_step=self.n_iter + 1 if self.n_iter > 0 else None)
             procs = f" x {self.world_size} processes" if self.distributed else ""
             self._log(f"training {self.name} on {self.device}{procs} "
                       f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
