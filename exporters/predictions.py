@@ -30,7 +30,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Iterator

@@ -35,8 +35,7 @@ from tqdm import tqdm
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from models import build_model, extract_state_dict, load_weights
-from models import load_state
+from models import build_model, extract_state_dict, load_state, load_weights
 from training.checkpoints import (checkpoint_path, latest_checkpoint, load_checkpoint, resolve_pretrained,
                                   save_checkpoint)
 from training.sampler import ResumableBatchSampler
@@ -296,8 +295,9 @@ class Trainer:
         bad = [k for k, v in self.net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if self._agree([bool(bad)])[0]:
             good = latest_checkpoint(self.ckpt_dir)
-            raise NonFiniteLoss(f"non-finite weights at iteration {self.n_iter} (e.g. {bad[0] if bad else 'on another process'}); "
-                                f"not saved. The last good checkpoint is {good if good else '(none yet)'}")
+            raise NonFiniteLoss(f"non-finite weights at iteration {self.n_iter} "
+                                f"(e.g. {bad[0] if bad else 'on another process'}); not saved. "
+                                f"The last good checkpoint is {good if good else '(none yet)'}")
         if self.writer is not None:
             self.writer.flush()
         if self.is_main:
