@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -84,12 +85,17 @@ def step_seed(seed: int, n_iter: int, rank: int = 0) -> int:
     return ((seed * 1_000_003 + n_iter) * 64 + rank) % (2 ** 63)
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    # Ctrl-C and SIGTERM are handled by the main process, which saves a checkpoint before leaving.
-    # `timeout`, SLURM and Kubernetes send SIGTERM to the whole process group: a worker that died
-    # of it would take the main process down before the checkpoint.
+def _worker_out_of_the_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker start: leave the process group of the main process.
+
+    Ctrl-C and SIGTERM are handled by the main process, which saves a checkpoint before leaving.
+    `timeout`, SLURM and Kubernetes send SIGTERM to the whole process group: a worker that died of
+    it would take the main process down before the checkpoint. In a group of its own the worker no
+    longer gets these signals, yet stays stoppable by the main process (DataLoader shuts its
+    workers down by message, then by SIGTERM to each pid); it also ends by itself when the main
+    process is gone (DataLoader's watchdog)."""
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _StopFlag:
@@ -271,7 +277,7 @@ class Trainer:
         mcfg = self.config["model"]
         workers = int(self.config.get("num_workers", 0))
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
-                      worker_init_fn=_ignore_stop_signals if workers else None, persistent_workers=workers > 0)
+                      worker_init_fn=_worker_out_of_the_stop_signals if workers else None, persistent_workers=workers > 0)
         sampler = ResumableBatchSampler(len(train_set), int(mcfg["batch_size"]), seed=int(self.config["seed"]),
                                         start_iter=self.n_iter, rank=self.rank, world_size=self.world_size)
         self.train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
