@@ -127,28 +127,27 @@ def test_sigterm_to_the_process_group_leaves_a_stop_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------- kill -9 at a drawn point
 def test_training_killed_then_resumed_equals_an_uninterrupted_run(tmp_path):
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, train_iter=4)
     log = tmp_path / "kill.log"
     proc = spawn(["tests/fixtures/train_squares.py", "train_base", str(cfg), "killed"], log)
     ckpts = settings.exper_path() / "killed" / "checkpoints"
-    first = RNG.choice([2, 4])
-    wait_for(proc, lambda: checkpoint_path(ckpts, first).is_file(), log=log)
-    time.sleep(RNG.uniform(0.0, 0.5))
+    wait_for(proc, lambda: checkpoint_path(ckpts, 2).is_file(), log=log)
+    time.sleep(RNG.uniform(0.0, 0.5))  # somewhere in steps 3 and 4, or the final save
     kill_group(proc)
     done = list_checkpoints(ckpts)
-    assert [i for i, _ in done][:first // 2] == list(range(2, first + 1, 2))
+    assert [i for i, _ in done][:1] == [2]
     for i, p in done:  # what is there loads, and is what its name says
         assert load_checkpoint(p)["n_iter"] == i
     assert train4.main(["train_base", str(cfg), "killed"]) == 0  # the re-run resumes
     assert train4.main(["train_base", str(cfg), "straight"]) == 0
     a = load_checkpoint(latest_checkpoint(ckpts))
     b = load_checkpoint(latest_checkpoint(settings.exper_path() / "straight" / "checkpoints"))
-    assert a["n_iter"] == b["n_iter"] == 6
+    assert a["n_iter"] == b["n_iter"] == 4
     for k in b["model_state_dict"]:
         assert torch.allclose(a["model_state_dict"][k].float(), b["model_state_dict"][k].float(), atol=1e-6), k
     killed = read_scalars(settings.runs_path() / "killed", "train/loss")
     straight = read_scalars(settings.runs_path() / "straight", "train/loss")
-    assert sorted(killed) == sorted(straight) == [1, 2, 3, 4, 5, 6]  # no hole, no duplicate
+    assert sorted(killed) == sorted(straight) == [1, 2, 3, 4]  # no hole, no duplicate
     assert np.allclose([killed[s] for s in straight], list(straight.values()), atol=1e-5)
     assert temp_files(settings.exper_path() / "killed") == []
 
