@@ -6,6 +6,7 @@ run. The bad-input corpus checks, for each case: exit code 2, exactly one ``erro
 the file or key, and nothing already written lost. Kills and signals: tests/test_crash_consistency.py.
 """
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import datasets
 import evaluation
@@ -60,8 +62,8 @@ def tiny_yaml(tmp_path, **over):
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = __import__("yaml").safe_load(value)
-    path.write_text(__import__("yaml").safe_dump(tree))
+        node[leaf] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(tree))
     return path
 
 
@@ -164,10 +166,8 @@ def _case_pickled_pretrained(tmp_path):
             f"if you trust this file, set the top-level config key weights_only: false (--set weights_only=false)")
 
 
-def _case_same_name_twice(tmp_path):
-    holder = folder_lock(settings.exper_path() / "exp", "training")
-    holder.__enter__()  # another run holds the folder
-    _case_same_name_twice.release = lambda: holder.__exit__(None, None, None)
+def _case_same_name_twice(tmp_path, stack):
+    stack.enter_context(folder_lock(settings.exper_path() / "exp", "training"))  # another run holds it
     return (["train_base", str(tiny_yaml(tmp_path)), "exp"],
             f"{settings.exper_path() / 'exp'}: another training is using this folder (pid {os.getpid()})")
 
@@ -179,13 +179,11 @@ CORPUS = [_case_typo_batch_size, _case_zero_save_interval, _case_resume_with_ano
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.__name__[6:] for c in CORPUS])
 def test_bad_input_corpus(case, tmp_path, capsys):
-    argv, named = case(tmp_path)
-    exp = settings.exper_path() / "exp"
-    before = snapshot(exp)
-    try:
+    with contextlib.ExitStack() as stack:
+        argv, named = case(tmp_path, stack) if case is _case_same_name_twice else case(tmp_path)
+        exp = settings.exper_path() / "exp"
+        before = snapshot(exp)
         rc = train4.main(argv)
-    finally:
-        getattr(case, "release", lambda: None)()
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
