@@ -2,9 +2,9 @@
 
     python evaluation.py logs/<name>/predictions [-r] [-homo] [-o] [--plotMatching] [--sift]
         [--protocol ours|reference] [--top-k K] [--evaluate-segmentation] [--category-file F]
-        [--output DIR] [--set evaluation.KEY=VALUE ...]
+        [--output DIR] [--allow-partial] [--set evaluation.KEY=VALUE ...]
     python evaluation.py logs/<name>/predictions --pose [--plotMatching] [--sift] [--top-k K]
-        [--output DIR] [--set evaluation.pose.KEY=VALUE ...]
+        [--output DIR] [--allow-partial] [--set evaluation.pose.KEY=VALUE ...]
 
 Without -r / -homo / segmentation flags every HPatches metric is computed. --pose evaluates the
 pose pairs of ``export.py export_pairs`` (AUC of the pose error at 5/10/20 degrees, matching
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="DIR",
                    help="where results.{txt,json} and pictures go (default: the predictions folder's parent)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--allow-partial", dest="allow_partial", action="store_true",
+                   help="score an incomplete or mixed set of predictions (default: refuse it; the export's "
+                        "manifest.json says what a complete set holds)")
     add_config_overrides(p)
     return p
 
@@ -106,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     from evaluations.hpatches_report import evaluate_folder, format_table, results_stem, write_results
     from evaluations.protocols import load_settings
 
+    from evaluations.predictions import check_export
+
     pred_dir = Path(args.path)
     segmentation = args.evaluate_segmentation or args.category_file is not None
+    if args.pose and (args.repeatability or args.homography or segmentation or args.output_img or args.protocol):
+        raise UserError("--pose cannot be combined with -r, -homo, -o, --protocol or segmentation flags "
+                        "(pose pairs have no homography); run them separately")
+    # a partial or mixed set is refused (pose pairs too) unless --allow-partial
+    warning = check_export(pred_dir, allow_partial=args.allow_partial)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.pose:
-        if args.repeatability or args.homography or segmentation or args.output_img or args.protocol:
-            raise UserError("--pose cannot be combined with -r, -homo, -o, --protocol or segmentation flags "
-                            "(pose pairs have no homography); run them separately")
         return run_pose(pred_dir, args)
     rep, homo = args.repeatability, args.homography
     if not (rep or homo or segmentation):

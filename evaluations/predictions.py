@@ -10,6 +10,7 @@ Each file holds one image pair (see docs/EVALUATION.md):
 """
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 import zlib
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import UserError
+from utils.io import EXPORT_MANIFEST, file_sha256
 
 POINT_KEYS = ("image", "warped_image", "homography", "prob", "warped_prob")
 DESCRIPTOR_KEYS = ("desc", "warped_desc")
@@ -66,6 +68,55 @@ def list_prediction_files(folder: str | Path) -> list[Path]:
     if not files:
         raise UserError(f"{folder}: no prediction files (expected 0.npz, 1.npz, ...)")
     return sorted(files, key=lambda p: int(_FILE_RE.match(p.name).group(1)))
+
+
+def check_export(folder: str | Path, allow_partial: bool = False) -> str | None:
+    """Refuse a partial or mixed set of predictions with a one-line :class:`UserError`.
+
+    With the export's manifest (``<folder>/../manifest.json`` naming ``folder``): every file it
+    lists must be present with its SHA-256, and no other numbered file. Without one (a hand-made
+    or older folder): the numbering must have no gap. ``allow_partial``: the problem is returned
+    as a warning line instead (None when the set is complete, or holds no numbered file: the
+    evaluators report that).
+    """
+    folder = Path(folder)
+    present = {p.name for p in folder.iterdir() if p.is_file() and _FILE_RE.match(p.name)} if folder.is_dir() else set()
+    if not present:
+        return None
+    manifest_path = folder.resolve().parent / EXPORT_MANIFEST
+    manifest = None
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{manifest_path}: unreadable export manifest ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("predictions") != folder.resolve().name:
+            manifest = None  # the manifest of another folder
+    problem = None
+    if manifest is not None:
+        listed = manifest.get("files") or {}
+        expected = int(manifest.get("expected", len(listed)))
+        missing = [n for n in listed if n not in present]
+        extra = sorted(present - set(listed), key=lambda n: int(n.split(".")[0]))
+        changed = [n for n in listed if n in present and file_sha256(folder / n) != listed[n]]
+        if missing or extra or changed or int(manifest.get("completed", -1)) != expected or len(listed) != expected:
+            good = len(listed) - len(missing) - len(changed)
+            details = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                       f"{len(changed)} changed since the export (e.g. {changed[0]})" if changed else "",
+                       f"{len(extra)} not part of it (e.g. {extra[0]})" if extra else ""]
+            problem = (f"{folder}: partial or mixed export: {good} of {expected} pairs match {manifest_path}"
+                       f" ({', '.join(d for d in details if d) or 'the export did not complete'})")
+    else:
+        indices = [int(_FILE_RE.match(n).group(1)) for n in present]
+        gaps = sorted(set(range(max(indices) + 1)) - set(indices))
+        if gaps:
+            problem = (f"{folder}: partial export: {len(indices)} files but the numbering runs to {max(indices)}.npz "
+                       f"({len(gaps)} missing, e.g. {gaps[0]}.npz; no {EXPORT_MANIFEST} to check against)")
+    if problem is None:
+        return None
+    if allow_partial:
+        return f"{problem}; scoring the files present (--allow-partial)"
+    raise UserError(f"{problem}; re-run the export, or pass --allow-partial to score the files present")
 
 
 def _read_npz(path: Path, needed: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from utils.cli import UserError
 
-from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
-                                   prepare_output_dirs, save_prediction, save_preview)
+from exporters.predictions import (StagedExport, base_record, count_pairs, iterate_pairs, keypoint_fields,
+                                   pair_dataset)
 
 METHODS = ("sift", "orb")
 ALL_KEYPOINTS = 1_000_000  # OpenCV's ORB needs a positive budget; "all" in practice
@@ -116,22 +116,24 @@ def export(config: dict, export_dir: Path, args, geometry: str) -> int:
     with_matches = bool(getattr(args, "correspondence", False))
     output_images = bool(getattr(args, "outputImg", False))
     dataset = pair_dataset(config, geometry)
-    predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
-    total = count_pairs(dataset, config.get("eval_iter", -1))
-    pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
-    for index, item in tqdm(pairs, total=total, desc=f"export {features.method}", unit="pair"):
-        p0, s0, d0, raw0 = features(to_uint8(item["image"]))
-        p1, s1, d1, raw1 = features(to_uint8(item["warped_image"]))
-        record = base_record(item, index)
-        record.update(keypoint_fields(p0, s0, d0))
-        record.update(keypoint_fields(p1, s1, d1, prefix="warped_"))
-        if with_matches:
-            idx, dist = mutual_matches(raw0, raw1, features.norm)
-            record["matches"] = np.concatenate([p0[idx[:, 0]], p1[idx[:, 1]]], axis=1).astype(np.float32)
-            record["match_indices"] = idx
-            record["match_distance"] = dist
-        save_prediction(predictions_dir, index, record)
-        if output_images:
-            save_preview(images_dir, index, record)
+    task = "export_classical" if geometry == "homography" else "export_classical export_pairs"
+    with StagedExport(export_dir, f"{task} ({features.method})", config, images=output_images,
+                      model=features.method) as out:
+        total = count_pairs(dataset, config.get("eval_iter", -1))
+        pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+        for index, item in tqdm(pairs, total=total, desc=f"export {features.method}", unit="pair"):
+            p0, s0, d0, raw0 = features(to_uint8(item["image"]))
+            p1, s1, d1, raw1 = features(to_uint8(item["warped_image"]))
+            record = base_record(item, index)
+            record.update(keypoint_fields(p0, s0, d0))
+            record.update(keypoint_fields(p1, s1, d1, prefix="warped_"))
+            if with_matches:
+                idx, dist = mutual_matches(raw0, raw1, features.norm)
+                record["matches"] = np.concatenate([p0[idx[:, 0]], p1[idx[:, 1]]], axis=1).astype(np.float32)
+                record["match_indices"] = idx
+                record["match_distance"] = dist
+            out.save(index, record)
+            out.preview(index, record)
+        predictions_dir = out.commit(total)
     print(f"exported {total} pairs ({features.method}) to {predictions_dir}")
     return 0

@@ -24,8 +24,8 @@ from models.frontend import Frontend, inference_frontend
 from utils.cli import UserError, resolve_device
 from utils.segmentation_labels import class_ids
 
-from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
-                                   prepare_output_dirs, save_prediction, save_preview)
+from exporters.predictions import (StagedExport, base_record, count_pairs, iterate_pairs, keypoint_fields,
+                                   pair_dataset)
 
 
 def build_frontend(config: dict) -> Frontend:
@@ -108,24 +108,25 @@ def export(config: dict, export_dir: Path, args, geometry: str) -> int:
     label_set = (config["data"].get("segmentation") or {}).get("label_set", "cs34")
     frontend = build_frontend(config)
     dataset = pair_dataset(config, geometry)
-    predictions_dir, images_dir = prepare_output_dirs(export_dir, images=output_images)
-    total = count_pairs(dataset, config.get("eval_iter", -1))
-    pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
     task = "export_descriptor" if geometry == "homography" else "export_pairs"
-    for index, item in tqdm(pairs, total=total, desc=task, unit="pair"):
-        first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
-        record = base_record(item, index)
-        record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
-        record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
-        if with_seg:
-            record["seg"], record["warped_seg"] = first["seg"], second["seg"]
-            record["seg_label_set"] = np.str_(label_set)  # evaluation maps cs34 to cs4 with it
-            # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
-            for key in ("seg", "warped_seg"):
-                if key in item:
-                    record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
-        save_prediction(predictions_dir, index, record)
-        if output_images:
-            save_preview(images_dir, index, record)
+    with StagedExport(export_dir, task, config, images=output_images,
+                      model=config["model"]["name"], weights=resolve_pretrained(config, task)) as out:
+        total = count_pairs(dataset, config.get("eval_iter", -1))
+        pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+        for index, item in tqdm(pairs, total=total, desc=task, unit="pair"):
+            first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
+            record = base_record(item, index)
+            record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
+            record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
+            if with_seg:
+                record["seg"], record["warped_seg"] = first["seg"], second["seg"]
+                record["seg_label_set"] = np.str_(label_set)  # evaluation maps cs34 to cs4 with it
+                # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
+                for key in ("seg", "warped_seg"):
+                    if key in item:
+                        record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
+            out.save(index, record)
+            out.preview(index, record)
+        predictions_dir = out.commit(total)
     print(f"exported {total} pairs to {predictions_dir}")
     return 0

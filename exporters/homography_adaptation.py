@@ -13,8 +13,11 @@ which is the folder joint training reads with ``data.labels: <exper_name>/predic
 With ``--outputImg`` the image with its points drawn goes to
 ``<EXPER_PATH>/<exper_name>/images/<split>/<item name>.png``.
 
-* Resumable: images whose ``.npz`` exists are skipped; files are written atomically.
-* Unreadable images are skipped with a warning naming the file and counted as failed.
+* Resumable: images whose ``.npz`` exists and reads back as labels are skipped (an unreadable
+  one is exported again); with ``--outputImg`` a missing picture of a skipped image is drawn from
+  its labels. Files are written atomically.
+* Unreadable images (and degenerate ones: smaller than one 8 x 8 cell, NaN pixels) are skipped
+  with a warning naming the file and counted as failed.
 * ``data.homography_adaptation.enable: false`` exports the detector's plain keypoints (one view).
 * Sharded: under ``torchrun`` (``RANK`` / ``WORLD_SIZE``) rank r exports items r, r + W, ...;
   every image's homographies are seeded from ``seed`` and its name only, so the files do not
@@ -34,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import get_dataset
-from datasets.keypoint_labels import label_path, save_keypoint_labels
+from datasets.keypoint_labels import label_path, load_keypoint_labels, save_keypoint_labels
 from models import load_pretrained
 from training.checkpoints import resolve_pretrained
 from models.frontend import keypoint_settings
@@ -44,6 +47,21 @@ from utils.io import ImageReadError, atomic_imwrite
 from utils.keypoints import extract_keypoints
 
 SPLITS = ("train", "val")
+
+
+def labels_readable(pred_dir: Path, split: str, name: str) -> np.ndarray | None:
+    """The ``N x 3`` points of an existing label file, or None when it is missing or unreadable
+    (a file cut by a full disk, or not written by this exporter)."""
+    path = label_path(pred_dir, split, name)
+    if not path.is_file():
+        return None
+    try:
+        load_keypoint_labels(pred_dir, split, name)  # the training loader's own checks
+        with np.load(path) as f:
+            pts = np.asarray(f["pts"], dtype=np.float32).reshape(-1, 3)
+    except (ValueError, OSError, KeyError):
+        return None
+    return pts if np.isfinite(pts).all() else None
 
 
 @dataclass
@@ -137,8 +155,19 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         raise UserError(f"data.dataset {data['dataset']!r} cannot be exported (its items have no name list)")
     n_items = len(names) if int(config.get("eval_iter", -1)) < 0 else min(len(names), int(config["eval_iter"]))
     mine = list(range(rank, n_items, world))
-    todo = [i for i in mine if not label_path(pred_dir, split, names[i]).is_file()]
+    done = {i: labels_readable(pred_dir, split, names[i]) for i in mine}
+    todo = [i for i in mine if done[i] is None]
+    # exported before, but its picture is missing (e.g. a full disk): draw it from the labels
+    redraw = [i for i in mine if output_images and done[i] is not None
+              and not (img_dir / f"{names[i]}.png").is_file()]
     stats = ExportStats(skipped=len(mine) - len(todo))
+    for i in redraw:
+        try:
+            item = dataset[i]
+        except ImageReadError as e:
+            warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
+            continue
+        atomic_imwrite(img_dir / f"{names[i]}.png", draw_points(item["image"], done[i]))
 
     device = resolve_device(config.get("device", "auto"))
     if device.type == "cuda" and world > 1 and device.index is None:
@@ -166,6 +195,10 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         kp = extract_keypoints(heat, kp_cfg["detection_threshold"], kp_cfg["nms_radius"], kp_cfg["border"],
                                kp_cfg["top_k"], kp_cfg["subpixel"], kp_cfg["patch_size"])
         pts = kp.to_list()[0].float().cpu().numpy()
+        if not np.isfinite(pts).all():  # never write labels a training would choke on
+            warnings.warn(f"skipping {name}: the detector gave non-finite keypoints", stacklevel=2)
+            stats.failed += 1
+            continue
         save_keypoint_labels(label_path(pred_dir, split, name), pts, image.shape[-2:])
         if output_images:
             atomic_imwrite(img_dir / f"{name}.png", draw_points(item["image"], pts))

@@ -22,10 +22,20 @@ Optional: ``seg`` / ``warped_seg`` (H x W int32 class ids, ``--export-segmentati
 ``seg_gt`` / ``warped_seg_gt`` when the dataset has labels and ``seg_label_set``, 0-d str cs34 | cs4) and
 ``matches`` / ``match_indices`` / ``match_distance`` (``export_classical.py --correspondence``).
 Points follow the project's convention: (x, y), the centre of the top-left pixel at (0, 0).
+
+An export is all or nothing (:class:`StagedExport`): files go to ``<export_dir>/.staging/`` and
+replace ``predictions/`` (and ``images/``) only once every pair is written, with
+``<export_dir>/manifest.json`` (:data:`MANIFEST`: task, config hash, model, weights, expected and
+completed counts, the SHA-256 of every file), which ``evaluation.py`` checks. A failed or killed
+re-export leaves the previous complete export in place.
 """
 from __future__ import annotations
 
-import re
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -36,23 +46,94 @@ from torch.utils.data import DataLoader
 from datasets import get_dataset
 from utils.cli import UserError
 from utils.draw import GREEN, RED, draw_keypoints, save_rgb, side_by_side
-from utils.io import atomic_save_npz
+from utils.io import EXPORT_MANIFEST, atomic_save_npz, atomic_write_text, file_sha256
 
 PREDICTIONS = "predictions"
 IMAGES = "images"
-_NUMBERED = re.compile(r"^\d+\.(npz|png)$")
+MANIFEST = EXPORT_MANIFEST
+STAGING = ".staging"
+MANIFEST_VERSION = 1
 
 
-def prepare_output_dirs(export_dir: Path, images: bool = False) -> tuple[Path, Path | None]:
-    """Create ``predictions/`` (and ``images/``) and delete the numbered files of an earlier export
-    there, so that a shorter export never leaves stale pairs behind."""
-    dirs = [Path(export_dir) / PREDICTIONS] + ([Path(export_dir) / IMAGES] if images else [])
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        for p in d.iterdir():
-            if p.is_file() and _NUMBERED.match(p.name):
-                p.unlink()
-    return dirs[0], (dirs[1] if images else None)
+def config_sha256(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def recover_interrupted_swap(export_dir: Path) -> None:
+    """Undo the one state a kill can leave between the renames of :meth:`StagedExport.commit`:
+    ``predictions/`` moved aside and the new one not yet in place."""
+    for name in (PREDICTIONS, IMAGES):
+        old = Path(export_dir) / STAGING / f"old_{name}"
+        if old.is_dir() and not (Path(export_dir) / name).exists():
+            os.replace(old, Path(export_dir) / name)
+
+
+class StagedExport:
+    """The prediction files of one export, moved into place only when all are written.
+
+    ``save(index, record)`` / ``preview(index, record)`` write into ``<export_dir>/.staging/``;
+    ``commit(expected)`` checks the count, swaps the staged folders in for ``predictions/`` (and
+    ``images/``) and writes the manifest. Used as a context manager, an error removes the staged
+    files (a kill leaves them to the next export). The caller holds the export folder's lock.
+    """
+
+    def __init__(self, export_dir: Path, task: str, config: dict, images: bool = False,
+                 model: str | None = None, weights: Path | None = None):
+        self.export_dir = Path(export_dir)
+        self.task, self.config, self.images = task, config, images
+        self.model, self.weights = model, weights
+        recover_interrupted_swap(self.export_dir)
+        self.staging = self.export_dir / STAGING
+        shutil.rmtree(self.staging, ignore_errors=True)  # what a killed export left
+        self.predictions_dir = self.staging / PREDICTIONS
+        self.images_dir = self.staging / IMAGES if images else None
+        for d in (self.predictions_dir, self.images_dir):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, str] = {}
+
+    def __enter__(self) -> "StagedExport":
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def save(self, index: int, record: dict) -> Path:
+        path = save_prediction(self.predictions_dir, index, record)
+        self.files[path.name] = file_sha256(path)
+        return path
+
+    def preview(self, index: int, record: dict) -> Path | None:
+        return save_preview(self.images_dir, index, record) if self.images_dir is not None else None
+
+    def commit(self, expected: int) -> Path:
+        """Swap the complete export in; returns the final ``predictions/`` folder."""
+        if len(self.files) != expected:
+            raise RuntimeError(f"{self.staging}: {len(self.files)} of {expected} pairs written; "
+                               f"the previous export is left in place")
+        manifest = {
+            "version": MANIFEST_VERSION, "task": self.task, "predictions": PREDICTIONS,
+            "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "config_sha256": config_sha256(self.config), "model": self.model,
+            "weights": None if self.weights is None else str(self.weights),
+            "weights_sha256": None if self.weights is None else file_sha256(Path(self.weights)),
+            "expected": int(expected), "completed": len(self.files),
+            "files": dict(sorted(self.files.items(), key=lambda kv: int(kv[0].split(".")[0]))),
+        }
+        final_manifest = self.export_dir / MANIFEST
+        # no window with a manifest that does not describe predictions/: drop it, swap, write the new one
+        final_manifest.unlink(missing_ok=True)
+        for name, staged in ((PREDICTIONS, self.predictions_dir), (IMAGES, self.images_dir)):
+            if staged is None:
+                continue
+            final, old = self.export_dir / name, self.staging / f"old_{name}"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(staged, final)
+        atomic_write_text(final_manifest, json.dumps(manifest, indent=1) + "\n")
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.export_dir / PREDICTIONS
 
 
 # what each kind of export needs in the dataset's items, and how to get it

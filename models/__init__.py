@@ -1,6 +1,7 @@
 """Networks. Models know nothing of files: weights arrive as state dicts (see ``load_weights``)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -45,39 +46,43 @@ def extract_state_dict(obj) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
+WEIGHTS_ONLY_HINT = ("if you trust this file, set the top-level config key weights_only: false "
+                     "(--set weights_only=false)")
+DEFAULT_FIX = "check model.name and model.params against the network that wrote the file"
+
 # The layer names of MagicLeap's SuperPoint (superpoint_v1.pth), kept by SuperPointNet
 MAGICLEAP_LAYERS = ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b",
                     "convPa", "convPb", "convDa", "convDb")
 
 
-def _layout_mismatch(state: dict, model: torch.nn.Module) -> str | None:
-    """A one-line hint when ``state`` is the other network's layout (MagicLeap's SuperPointNet
-    vs the batch-norm SuperPointNet_gauss2), else None."""
-    own = model.state_dict()
-    magicleap = {f"{n}.weight" for n in MAGICLEAP_LAYERS}
-    if magicleap <= state.keys() and "conv1a.weight" not in own:
-        return (f"weights do not fit {type(model).__name__}: they are MagicLeap SuperPoint weights "
-                f"(layers conv1a ... convDb); set model.name: SuperPointNet")
-    if any(k.startswith("inc.") for k in state) and not any(k.startswith("inc.") for k in own):
-        return (f"weights do not fit {type(model).__name__}: they are SuperPointNet_gauss2 weights "
-                f"(layers inc, down1-3 with batch norm); set model.name: SuperPointNet_gauss2")
-    return None
+def torch_load(path: str | Path, weights_only: bool = True, what: str = "cannot load weights"):
+    """``torch.load`` on the CPU with a one-line error naming ``path``; a refusal of
+    ``weights_only=True`` names the config key that lifts it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - turn any unpickling failure into one line
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours its message
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        at = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
+        detail = None if at is None else (lines[at].split("WeightsUnpickler error:", 1)[-1].strip()
+                                          or (lines[at + 1] if at + 1 < len(lines) else ""))
+        unpickler = [detail] if detail else []
+        if weights_only and unpickler and "Unsupported global" in unpickler[0]:
+            # a pickled Python object: name it, and the key that allows it
+            why = unpickler[0].split(" was not ", 1)[0].replace("GLOBAL ", "")
+            raise ValueError(f"{path}: torch.load(weights_only=True) refused it ({why}); {WEIGHTS_ONLY_HINT}") from None
+        first = unpickler[0] if unpickler else (lines[0] if lines else type(e).__name__)
+        raise ValueError(f"{path}: {what} ({first.rstrip('.')})") from None
 
 
 def read_weights(path: str | Path, weights_only: bool = True):
-    """The object of a weights file (state dict or checkpoint dict), on the CPU; one-line errors.
-
-    ``weights_only=False`` allows pickled Python objects (only for files you trust).
+    """The object of a weights file (state dict or checkpoint dict), on the CPU; one-line errors
+    (:func:`torch_load`). ``weights_only=False`` allows pickled Python objects (only for files you trust).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # noqa: BLE001 - turn any unpickling failure into one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: cannot load weights ({first}); if you trust this file, "
-                         f"set weights_only: false") from None
+    return torch_load(path, weights_only=weights_only)
 
 
 def recorded_layout(obj) -> dict | None:
@@ -101,31 +106,76 @@ def model_config_for(model_config: dict, obj) -> dict:
     return {**model_config, **layout}
 
 
-def load_state(model: torch.nn.Module, obj, path: str | Path, strict: bool = True) -> None:
-    """Copy the weights of ``obj`` (state dict or checkpoint dict read from ``path``) into ``model``."""
+def _layout_mismatch(state: dict, model: torch.nn.Module) -> str | None:
+    """Why ``state`` cannot fit at all when it is the other network's layout (MagicLeap's
+    SuperPointNet vs the batch-norm SuperPointNet_gauss2), with the fix; else None."""
+    own = model.state_dict()
+    magicleap = {f"{n}.weight" for n in MAGICLEAP_LAYERS}
+    if magicleap <= state.keys() and "conv1a.weight" not in own:
+        return "they are MagicLeap SuperPoint weights (layers conv1a ... convDb); set model.name: SuperPointNet"
+    if any(k.startswith("inc.") for k in state) and not any(k.startswith("inc.") for k in own):
+        return ("they are SuperPointNet_gauss2 weights (layers inc, down1-3 with batch norm); "
+                "set model.name: SuperPointNet_gauss2")
+    return None
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape) or "scalar"
+
+
+def load_state(model: torch.nn.Module, obj, source: str | Path, partial: bool = False, fix: str = "") -> dict:
+    """Load ``obj`` (a state dict or a checkpoint dict) into ``model``, with a one-line error when
+    it does not fit.
+
+    Strict (``partial=False``): every tensor of the model must be in the file with its shape, and
+    nothing else. Otherwise the error names ``source``, how many tensors differ in shape, are
+    missing or unexpected, the first of each, and the likely remedy: the other network's name
+    when the file is MagicLeap's layout in SuperPointNet_gauss2 or the other way round, else ``fix``.
+    ``partial=True`` loads the tensors that fit and leaves the others at their initial values (an
+    error if none fits, and for the other network's layout even so: the heads share names, a
+    partial load of them would be nonsense). Returns ``{"loaded", "missing", "mismatched",
+    "unexpected"}`` (key lists).
+    """
     try:
         state = extract_state_dict(obj)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{source}: {e}") from None
+    own = model.state_dict()
+    mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    name = type(model).__name__
     hint = _layout_mismatch(state, model)
-    if hint:  # checked even when not strict: the heads share names, a partial load would be nonsense
-        raise ValueError(f"{path}: {hint}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__}: "
-                         f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-                         f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}")
+    remedy = hint or fix
+    if (mismatched or missing or unexpected) and (not partial or hint):
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} of another shape (" + ", ".join(
+                f"{k}: file {_shape(state[k])} vs model {_shape(own[k])}" for k in mismatched[:2])
+                + (", ..." if len(mismatched) > 2 else "") + ")")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise ValueError(f"{source}: weights do not fit {name}: {len(fitting)} of {len(own)} tensors fit, "
+                         + ", ".join(parts) + (f"; {remedy}" if remedy else ""))
+    if not fitting:
+        raise ValueError(f"{source}: no tensor fits {name}" + (f"; {remedy}" if remedy else ""))
+    model.load_state_dict(fitting, strict=False)
+    return {"loaded": list(fitting), "missing": missing, "mismatched": mismatched, "unexpected": unexpected}
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
-                 weights_only: bool = True) -> dict:
+                 weights_only: bool = True, fix: str = "") -> dict:
     """Load weights from ``path`` into ``model`` (on the model's device).
 
     Accepts a bare state dict or a checkpoint dict. ``weights_only=False`` allows pickled
-    Python objects (only for files you trust). Returns the loaded file's object.
+    Python objects (only for files you trust). ``strict=False`` loads the tensors that fit and
+    keeps the others (see :func:`load_state`; ``fix`` ends its error). Returns the file's object.
     """
     obj = read_weights(path, weights_only)
-    load_state(model, obj, path, strict)
+    load_state(model, obj, path, partial=not strict, fix=fix or DEFAULT_FIX)
     return obj
 
 
@@ -136,7 +186,7 @@ def load_pretrained(model_config: dict, path: str | Path, strict: bool = True,
     whatever ``model.name`` the config sets."""
     obj = read_weights(path, weights_only)
     model = build_model(model_config_for(model_config, obj))
-    load_state(model, obj, path, strict)
+    load_state(model, obj, path, partial=not strict, fix=DEFAULT_FIX)
     return model
 
 

@@ -63,7 +63,8 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path, monkeypatch
     Trainer(cfg, "single", single).train()
 
     # two processes, batch B each: 2 steps, then a second launch resumes to 6 but rank 1 gets a
-    # NaN loss at its 3rd step (iteration 4): both stop, checkpoint 4 stays the last good one
+    # NaN loss at its 3rd step (iteration 4): both stop; checkpoint 4, whose weights gave that loss,
+    # is set aside and checkpoint 2 is the last good one
     first = torchrun(tmp_path, "ddp", {"train_iter": 2})
     second = torchrun(tmp_path, "ddp", {"train_iter": 6, "nan_at": 3, "nan_rank": 1})
 
@@ -74,8 +75,8 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path, monkeypatch
     assert first[0]["losses"] != first[1]["losses"]  # the ranks did see different samples
 
     exp = settings.exper_path()
-    assert [i for i, _ in list_checkpoints(exp / "ddp" / "checkpoints")] == [2, 4]
-    w_ddp = load_checkpoint(exp / "ddp" / "checkpoints" / "superPointNet_4_checkpoint.pth.tar")["model_state_dict"]
+    assert [i for i, _ in list_checkpoints(exp / "ddp" / "checkpoints")] == [2]
+    w_ddp = load_checkpoint(exp / "ddp" / "checkpoints" / "superPointNet_4_checkpoint.pth.tar.nonfinite")["model_state_dict"]
     w_one = load_checkpoint(exp / "single" / "checkpoints" / "superPointNet_4_checkpoint.pth.tar")["model_state_dict"]
     torch.manual_seed(cfg["seed"])  # the trainer's initial weights
     init = build_model(cfg["model"]).state_dict()
@@ -86,7 +87,7 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path, monkeypatch
 
     # NaN on rank 1: both ranks stop at iteration 4, naming it and the last good checkpoint
     assert "nan on rank 1" in second[1]["error"] and "iteration 4" in second[1]["error"]
-    assert "another process" in second[0]["error"] and "superPointNet_4_checkpoint" in second[0]["error"]
+    assert "another process" in second[0]["error"] and "superPointNet_2_checkpoint" in second[0]["error"]
     assert len(second[0]["losses"]) == len(second[1]["losses"]) == 3
     # rank 0 alone wrote TensorBoard events (one file per launch)
     assert len(list((settings.runs_path() / "ddp").glob("events.out.tfevents.*"))) == 2

@@ -183,6 +183,31 @@ def test_cli_pose_errors_are_one_line(tmp_path, capsys):
     assert "T_0to1" in capsys.readouterr().err
 
 
+def test_cli_pose_refuses_partial_and_mixed_sets_unless_allowed(tmp_path, capsys):
+    from utils.io import EXPORT_MANIFEST, file_sha256
+
+    pred = tmp_path / "run" / "predictions"
+    pred.mkdir(parents=True)
+    for i in (0, 2):  # no manifest and a gap at 1.npz: a partial set
+        atomic_save_npz(pred / f"{i}.npz", **pose_arrays(80, seed=i))
+    assert main([str(pred), "--pose", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "partial export: 2 files but the numbering runs to 2.npz" in err
+    assert main([str(pred), "--pose", "--no-progress", "--allow-partial"]) == 0
+    assert "warning:" in capsys.readouterr().err
+    assert json.loads((pred.parent / "results.json").read_text())["num_pairs"] == 2
+    # a manifest as export_pairs writes it; 2.npz then changes: a mixed set
+    atomic_save_npz(pred / "1.npz", **pose_arrays(80, seed=1))
+    files = {f"{i}.npz": file_sha256(pred / f"{i}.npz") for i in range(3)}
+    (pred.parent / EXPORT_MANIFEST).write_text(json.dumps({"task": "export_pairs", "predictions": "predictions",
+                                                           "expected": 3, "completed": 3, "files": files}))
+    assert main([str(pred), "--pose", "--no-progress"]) == 0
+    capsys.readouterr()
+    atomic_save_npz(pred / "2.npz", **pose_arrays(80, seed=5))
+    assert main([str(pred), "--pose", "--no-progress"]) == 2
+    assert "2 of 3 pairs match" in capsys.readouterr().err
+
+
 def test_error_colors_green_yellow_red():
     from utils.draw import GREEN, RED, YELLOW, error_colors
 

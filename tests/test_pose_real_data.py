@@ -142,6 +142,9 @@ def test_whole_pose_path_on_the_15_scannet_pairs(shared_data, tool, capsys):
     pred = export(tool, f"pose_{tool}", shared_data)
     files = sorted(pred.glob("*.npz"))
     assert len(files) == 15
+    manifest = json.loads((pred.parent / "manifest.json").read_text())  # the staged export's record
+    assert manifest["task"].startswith("export_classical export_pairs" if tool == "sift" else "export_pairs")
+    assert manifest["expected"] == manifest["completed"] == 15 and len(manifest["files"]) == 15
     with np.load(files[0]) as z:
         assert set(z.files) >= {"K", "warped_K", "T_0to1", "prob", "warped_prob", "desc", "warped_desc"}
         assert "homography" not in z.files and z["image"].shape == (240, 320)

@@ -197,7 +197,7 @@ def test_magicleap_weights_in_gauss2_suggest_superpointnet(tmp_path):
     line = error_line(r)
     assert str(magicleap) in line and "MagicLeap SuperPoint weights" in line
     assert line.endswith("set model.name: SuperPointNet")
-    # training loads pretrained weights non-strictly: the same message, not a partial load of the heads
+    # a partial load (allow_partial_load: true) gets the same message, not a partial load of the heads
     with pytest.raises(ValueError, match="set model.name: SuperPointNet$"):
         load_weights(build_model({"name": "SuperPointNet_gauss2"}), magicleap, strict=False)
     # and the other way round

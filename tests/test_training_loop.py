@@ -93,7 +93,33 @@ class NaNAt(MagicPointTask):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint():
     cfg = config(save_interval=1)
-    with pytest.raises(NonFiniteLoss, match="iteration 3.*superPointNet_3_checkpoint"):
+    # the loss of step 3 is computed with the weights of checkpoint 3: that one is not good
+    with pytest.raises(NonFiniteLoss, match="iteration 3.*superPointNet_2_checkpoint"):
         Trainer(cfg, "nan", NaNAt(cfg, 4)).train()
     n, w = final_weights("nan")
-    assert n == 3 and all(torch.isfinite(v.float()).all() for v in w.values())
+    assert n == 2 and all(torch.isfinite(v.float()).all() for v in w.values())
+    ckpts = __import__("settings").exper_path() / "nan" / "checkpoints"
+    assert (ckpts / "superPointNet_3_checkpoint.pth.tar.nonfinite").is_file()
+
+
+def test_frozen_parts_keep_weights_and_batch_norm_statistics_through_validation(tmp_path):
+    """model.freeze under the loop's stop path, TensorBoard log and validation: the frozen encoder
+    and descriptor head end exactly as loaded (batch-norm running statistics included, which only
+    eval mode keeps), the detector head trains, and Adam holds the detector's parameters only."""
+    from models import build_model
+
+    start = build_model({"name": "SuperPointNet_gauss2"})
+    torch.save(start.state_dict(), tmp_path / "start.pth")
+    cfg = config(pretrained=str(tmp_path / "start.pth"), **{"model.freeze": "[encoder, descriptor]"})
+    trainer = Trainer(cfg, "frozen", MagicPointTask(cfg), do_eval=True)
+    trainer.train()
+    detector = [n for n, _ in start.named_parameters() if n.split(".")[0] in start.PARTS["detector"]]
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(detector) == 8
+    n_iter, final = final_weights("frozen")
+    assert n_iter == 6
+    for k, v in start.state_dict().items():
+        part = next(p for p, mods in start.PARTS.items() if k.split(".")[0] in mods)
+        if part in ("encoder", "descriptor"):
+            assert torch.equal(final[k], v), k
+    assert not torch.equal(final["convPb.weight"], start.state_dict()["convPb.weight"])
+    assert not torch.equal(final["bnPa.running_mean"], start.state_dict()["bnPa.running_mean"])

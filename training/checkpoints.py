@@ -59,12 +59,10 @@ def save_checkpoint(folder: str | Path, n_iter: int, model: torch.nn.Module, opt
 
 def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict:
     """Read a checkpoint dict (on the CPU); one-line error if the file is unusable."""
+    from models import torch_load
+
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # noqa: BLE001
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: unreadable checkpoint ({first})") from None
+    obj = torch_load(path, weights_only=weights_only, what="unreadable checkpoint")
     if not isinstance(obj, dict) or "model_state_dict" not in obj:
         raise ValueError(f"{path}: not a training checkpoint (no 'model_state_dict')")
     return obj

@@ -15,6 +15,8 @@ from torch.utils.data import Sampler
 class ResumableBatchSampler(Sampler[list[int]]):
     def __init__(self, num_items: int, batch_size: int, seed: int = 0, start_iter: int = 0,
                  rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if batch_size < 1 or world_size < 1:  # would never yield a batch: the loop would spin forever
+            raise ValueError(f"model.batch_size must be >= 1, got {batch_size} (with {world_size} processes)")
         if num_items < batch_size * world_size:
             raise ValueError(f"dataset has {num_items} items, fewer than one batch "
                              f"({batch_size} x {world_size} processes)")

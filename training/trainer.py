@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -35,12 +36,15 @@ from tqdm import tqdm
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from models import (build_model, extract_state_dict, frozen_modules, load_weights, model_config_for, read_weights,
-                    train_mode)
-from training.checkpoints import latest_checkpoint, load_checkpoint, resolve_pretrained, save_checkpoint
+from models import (build_model, extract_state_dict, frozen_modules, load_state, load_weights, model_config_for,
+                    read_weights, train_mode)
+from training.checkpoints import (checkpoint_path, latest_checkpoint, load_checkpoint, resolve_pretrained,
+                                  save_checkpoint)
 from training.sampler import ResumableBatchSampler
+from training.tensorboard import EventLog
 from utils.cli import UserError, autocast_dtype, resolve_device
 from utils.config import ConfigError, dump_config
+from utils.io import folder_lock, remove_stale_temp_files
 
 
 class TrainTask(Protocol):
@@ -66,7 +70,14 @@ class TrainTask(Protocol):
 
 
 class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite; the run stops, its last good checkpoint stays."""
+    """The loss or the weights became NaN or infinite; the run stops, its last good checkpoint stays.
+
+    A checkpoint is good when its weights are finite and the loss computed with them (the next
+    step's) is finite: a checkpoint whose weights gave a non-finite loss is renamed
+    ``*.pth.tar.nonfinite`` (kept for inspection, never resumed from)."""
+
+
+NONFINITE_SUFFIX = ".nonfinite"
 
 
 def step_seed(seed: int, n_iter: int, rank: int = 0) -> int:
@@ -75,8 +86,16 @@ def step_seed(seed: int, n_iter: int, rank: int = 0) -> int:
     return ((seed * 1_000_003 + n_iter) * 64 + rank) % (2 ** 63)
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl-C is handled by the main process, which saves a checkpoint before leaving.
+def _worker_out_of_the_stop_signals(_worker_id: int) -> None:
+    """DataLoader worker start: leave the process group of the main process.
+
+    Ctrl-C and SIGTERM are handled by the main process, which saves a checkpoint before leaving.
+    `timeout`, SLURM and Kubernetes send SIGTERM to the whole process group: a worker that died of
+    it would take the main process down before the checkpoint. In a group of its own the worker no
+    longer gets these signals, yet stays stoppable by the main process (DataLoader shuts its
+    workers down by message, then by SIGTERM to each pid); it also ends by itself when the main
+    process is gone (DataLoader's watchdog)."""
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -191,7 +210,9 @@ class Trainer:
         resume = latest_checkpoint(self.ckpt_dir)
         if resume is not None:
             ck = load_checkpoint(resume, weights_only=weights_only)
-            self.net.load_state_dict(extract_state_dict(ck))
+            load_state(self.net, extract_state_dict(ck), resume,
+                       fix=f"it was written by another model.name / model.params: resume with the config "
+                           f"saved in {self.exp_dir / 'config.yml'} or train under another experiment name")
             if "optimizer_state_dict" in ck:
                 self.optimizer.load_state_dict(ck["optimizer_state_dict"])
                 # the config's learning rate wins over the saved one: lowering it for a resumed run works
@@ -204,7 +225,10 @@ class Trainer:
             self._log(f"resuming from {resume} (iteration {self.n_iter})")
         elif self.config.get("pretrained"):
             path = resolve_pretrained(self.config, "pretrained")
-            obj = load_weights(self.net, path, strict=False, weights_only=weights_only)
+            partial = bool(self.config.get("allow_partial_load", False))
+            obj = load_weights(self.net, path, strict=not partial, weights_only=weights_only,
+                               fix="set model.name / model.params to the file's network, or allow_partial_load: "
+                                   "true to start the tensors that do not fit from their initial values")
             self._report_partial_load(path, obj)
             if not self.config.get("reset_iter", True) and isinstance(obj, dict) and "n_iter" in obj:
                 self.n_iter = int(obj["n_iter"])
@@ -266,20 +290,17 @@ class Trainer:
     def _report_partial_load(self, path: Path, obj) -> None:
         state = extract_state_dict(obj)
         own = self.net.state_dict()
-        used = [k for k in state if k in own and own[k].shape == state[k].shape]
-        if not used:
-            raise UserError(f"{path}: no weight fits model {self.config['model']['name']}")
-        missing = [k for k in own if k not in state]
-        if missing:
-            self._log(f"note: {len(missing)} tensors not in {path.name} keep their initial values "
-                      f"(e.g. {missing[0]})")
+        kept = [k for k in own if k not in state or own[k].shape != state[k].shape]
+        if kept:  # only with allow_partial_load: true
+            self._log(f"note: allow_partial_load: {len(kept)} of {len(own)} tensors not in {path.name} (or of "
+                      f"another shape) keep their initial values (e.g. {kept[0]})")
 
     def _loaders(self):
         train_set, val_set = self.task.datasets()
         mcfg = self.config["model"]
         workers = int(self.config.get("num_workers", 0))
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
-                      worker_init_fn=_ignore_sigint if workers else None, persistent_workers=workers > 0)
+                      worker_init_fn=_worker_out_of_the_stop_signals if workers else None, persistent_workers=workers > 0)
         sampler = ResumableBatchSampler(len(train_set), int(mcfg["batch_size"]), seed=int(self.config["seed"]),
                                         start_iter=self.n_iter, rank=self.rank, world_size=self.world_size)
         self.train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
@@ -295,8 +316,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ actions
     def save(self, loss: float | None = None) -> Path | None:
-        """Rank 0 writes the checkpoint; every process must call this (they wait for the write)."""
+        """Rank 0 writes the checkpoint; every process must call this (they wait for the write).
+
+        Weights that are not all finite are never saved (:class:`NonFiniteLoss`). TensorBoard is
+        flushed first, so that every step a checkpoint covers is in the event file."""
         path = None
+        bad = [k for k, v in self.net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if self._agree([bool(bad)])[0]:
+            good = latest_checkpoint(self.ckpt_dir)
+            raise NonFiniteLoss(f"non-finite weights at iteration {self.n_iter} "
+                                f"(e.g. {bad[0] if bad else 'on another process'}); not saved. "
+                                f"The last good checkpoint is {good if good else '(none yet)'}")
+        if self.writer is not None:
+            self.writer.flush()
         if self.is_main:
             extra = {"scaler_state_dict": self.scaler.state_dict()} if self.scaler is not None else None
             path = save_checkpoint(self.ckpt_dir, self.n_iter, self.net, self.optimizer, loss, self.config,
@@ -338,7 +370,33 @@ class Trainer:
             self.writer.add_image(f"train/{k}", img, self.n_iter, dataformats="HWC")
 
     def train(self) -> dict:
-        """Run (or resume) training until ``train_iter``; returns the last validation metrics."""
+        """Run (or resume) training until ``train_iter``; returns the last validation metrics.
+
+        Rank 0 holds the experiment folder's lock throughout (a second run of the same name fails
+        at once) and first removes the temporary files a killed run may have left there."""
+        if not self.is_main:
+            return self._train()
+        with folder_lock(self.exp_dir, "training"):
+            for folder in (self.exp_dir, self.ckpt_dir):
+                remove_stale_temp_files(folder)
+            return self._train()
+
+    def _batches(self, stop: "_StopFlag"):
+        """The training batches; after a stop request, a DataLoader worker that died (of the same
+        SIGTERM, sent to the whole process group before its handler was set) ends the loop
+        instead of the run, so the stop checkpoint is still written."""
+        it = iter(self.train_loader)
+        while True:
+            try:
+                batch = next(it)
+            except RuntimeError as e:
+                if stop.signal is not None and "DataLoader worker" in str(e):
+                    self._log(f"a data loading worker ended after the stop request ({e}); saving")
+                    return
+                raise
+            yield batch
+
+    def _train(self) -> dict:
         cfg = self.config
         torch.manual_seed(int(cfg["seed"]))
         self._build()
@@ -354,9 +412,9 @@ class Trainer:
             return self.validate()
         self._loaders()
         if self.is_main:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(logdir=str(self.runs_dir))
+            # a resumed run logs again from step n_iter + 1: TensorBoard drops what a killed run
+            # wrote there (steps up to n_iter were flushed with the checkpoint)
+            self.writer = EventLog(self.runs_dir, purge_step=self.n_iter + 1 if self.n_iter > 0 else None)
             procs = f" x {self.world_size} processes" if self.distributed else ""
             self._log(f"training {self.name} on {self.device}{procs} "
                       f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
@@ -372,7 +430,7 @@ class Trainer:
         stopped = False
         try:
             with _StopFlag() as stop:
-                for batch in self.train_loader:
+                for batch in self._batches(stop):
                     rng = self._step_randomness(len(batch["image"]))
                     prepared = self.task.prepare(batch, True, rng, self.device)
                     with self._autocast():
@@ -380,6 +438,10 @@ class Trainer:
                     # every process learns whether any has a non-finite loss or was asked to stop
                     bad, stopping = self._agree([not bool(torch.isfinite(loss.detach())), stop.signal is not None])
                     if bad:
+                        # the weights of a checkpoint of this very step gave the non-finite loss: not good
+                        current = checkpoint_path(self.ckpt_dir, self.n_iter)
+                        if self.is_main and current.is_file():
+                            current.replace(current.with_name(current.name + NONFINITE_SUFFIX))
                         good = latest_checkpoint(self.ckpt_dir)
                         value = float(loss.detach())
                         what = (f"non-finite loss ({value}{f' on rank {self.rank}' if self.distributed else ''})"
@@ -435,6 +497,8 @@ class Trainer:
                 self.writer.close()
             raise
         bar.close()
+        if stop.signal is not None:
+            stopped = True
         path = self.save(last_loss)
         if not stopped and self.do_eval and self.n_iter % int(cfg["validation_interval"]) != 0:
             # the final validation goes to TensorBoard too, so the writer closes after it

@@ -8,13 +8,21 @@ with these rules:
 * a value whose type differs from the default's is an error (an int is accepted for a float;
   ``null`` is accepted only where the default is ``null``, which means "any value");
 * a default that is an empty mapping (``{}``) is free-form: any keys are accepted below it;
-* lists are replaced, never merged.
+* lists are replaced, never merged;
+* a float key also accepts a number written the YAML 1.1 way (``1e-4``, ``--set x=1e6``), which
+  YAML reads as a string;
+* a number (or each number of a list) must lie in the range declared for its key under
+  ``_ranges:`` in the fragment that defines it (``key: [min, max]``, inclusive, ``null`` = open;
+  the key may hold ``*`` wildcards, e.g. ``data.*.valid_border_margin``).
 
 Errors are :class:`ConfigError` with a one-line message; the CLIs print it and exit 2.
 """
 from __future__ import annotations
 
 import copy
+import fnmatch
+import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +35,12 @@ RENAMED_KEYS = {
     "model.pretrained": "pretrained (top level)",
     "data.name": "data.dataset",
 }
+
+
+RANGES_KEY = "_ranges"  # the section of a defaults fragment that declares value ranges
+
+# A number as YAML 1.1 (PyYAML) leaves it a string: no dot before an exponent, e.g. 1e-4, 5E+3.
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class ConfigError(ValueError):
@@ -57,6 +71,8 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
         return copy.deepcopy(value)
     want, got = _type_name(default), _type_name(value)
     if want == "float" and got == "int":
+        return float(value)
+    if want == "float" and got == "str" and _FLOAT_TEXT.match(value.strip()):
         return float(value)
     if want == "list" and got == "list":
         value = list(value)
@@ -139,15 +155,62 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_defaults(defaults_dir: str | Path = DEFAULTS_DIR) -> dict:
-    """All fragments of the defaults directory, deep-merged."""
-    tree: dict = {}
+def _fragments(defaults_dir: str | Path) -> list[tuple[Path, dict]]:
     files = sorted(Path(defaults_dir).glob("*.yaml"))
     if not files:
         raise ConfigError(f"{defaults_dir}: no default config fragments found")
-    for f in files:
-        tree = _deep_union(tree, read_yaml(f), str(f))
+    return [(f, read_yaml(f)) for f in files]
+
+
+def load_defaults(defaults_dir: str | Path = DEFAULTS_DIR) -> dict:
+    """All fragments of the defaults directory, deep-merged (without their ``_ranges``)."""
+    tree: dict = {}
+    for f, data in _fragments(defaults_dir):
+        data = {k: v for k, v in data.items() if k != RANGES_KEY}
+        tree = _deep_union(tree, data, str(f))
     return tree
+
+
+def load_ranges(defaults_dir: str | Path = DEFAULTS_DIR) -> dict[str, tuple]:
+    """``dotted key pattern -> (min, max)`` from the ``_ranges`` sections of the fragments."""
+    ranges: dict[str, tuple] = {}
+    for f, data in _fragments(defaults_dir):
+        for key, bounds in (data.get(RANGES_KEY) or {}).items():
+            ok = (isinstance(bounds, list) and len(bounds) == 2
+                  and all(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in bounds))
+            if not ok:
+                raise ConfigError(f"{f}: {RANGES_KEY}.{key} must be [min, max] (numbers or null), got {bounds!r}")
+            if key in ranges:
+                raise ConfigError(f"{f}: range of '{key}' is declared in two fragments of {defaults_dir}")
+            ranges[key] = tuple(bounds)
+    return ranges
+
+
+def _numeric_leaves(tree: dict, prefix: str = ""):
+    """``(dotted key, value)`` of every number or list of numbers in ``tree``."""
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _numeric_leaves(value, f"{full}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield full, value
+        elif isinstance(value, list) and value and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            yield full, value
+
+
+def check_ranges(config: dict, ranges: dict[str, tuple], source: str = "config") -> None:
+    """Raise :class:`ConfigError` naming the first key whose number lies outside its range."""
+    for key, value in _numeric_leaves(config):
+        for pattern, (lo, hi) in ranges.items():
+            if not fnmatch.fnmatchcase(key, pattern):
+                continue
+            for v in (value if isinstance(value, list) else [value]):
+                bad = (isinstance(v, float) and math.isnan(v)) or (lo is not None and v < lo) \
+                    or (hi is not None and v > hi)
+                if bad:
+                    want = (f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]")
+                    raise ConfigError(f"{source}: key '{key}' must be {want}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -173,15 +236,37 @@ def _nest(keys: list[str], value: Any) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults: dict | None = None) -> dict:
-    """Defaults, then the YAML file at ``path`` (if any), then each ``KEY=VALUE`` override."""
+    """Defaults, then the YAML file at ``path`` (if any), then each ``KEY=VALUE`` override.
+
+    Every number is then checked against the ranges of the default fragments (``_ranges``); an
+    error names the source (the file, or the ``--set`` that last set the key) and the key.
+    """
     schema = copy.deepcopy(defaults) if defaults is not None else load_defaults()
+    ranges = load_ranges()
     config = schema
+    sources = []
     if path is not None:
-        config = merge_strict(config, read_yaml(path), str(path), schema=schema)
+        data = read_yaml(path)
+        config = merge_strict(config, data, str(path), schema=schema)
+        sources.append((str(path), data))
     for text in overrides:
         keys, value = parse_override(text)
-        config = merge_strict(config, _nest(keys, value), f"--set {text}", schema=schema)
+        update = _nest(keys, value)
+        config = merge_strict(config, update, f"--set {text}", schema=schema)
+        sources.append((f"--set {text}", update))
+    try:
+        check_ranges(config, ranges)
+    except ConfigError as e:  # name where the bad value came from: the last source that set the key
+        key = str(e).split("'")[1]
+        where = "the defaults"
+        for source, tree in sources:
+            if get(tree, key, _MISSING) is not _MISSING:
+                where = source
+        raise ConfigError(str(e).replace("config:", f"{where}:", 1)) from None
     return config
+
+
+_MISSING = object()
 
 
 def get(config: dict, dotted: str, default: Any = None) -> Any:
