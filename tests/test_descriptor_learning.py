@@ -18,6 +18,7 @@ from utils.io import read_image_gray
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (120, 160)
+STEPS = 80  # Adam steps of the overfit check
 
 
 def test_infonce_loss_matches_its_formula_match_by_match():
@@ -111,7 +112,7 @@ def test_each_descriptor_loss_overfits_a_few_real_pairs(shared_data, loss):
         return correct / total
 
     before = accuracy()
-    for _ in range(80):
+    for _ in range(STEPS):
         train_mode(net, frozen)
         loss_value, _ = task.loss(net, prepared)
         opt.zero_grad()
