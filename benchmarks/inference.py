@@ -16,8 +16,8 @@ keypoints and descriptors with the same settings (threshold 0.015, NMS radius 4,
   ONNX export run by ONNX Runtime, then the same post-processing);
 * ``fast ...``: ``models.inference.FastSuperPoint`` (the fast engine of ``inference_frontend``);
 * ``onnxruntime int8 ...``: ``inference.precision: int8`` (``models.int8``: the ONNX export
-  statically quantized by ONNX Runtime), with the shipped choice of float32 layers
-  (``inference.int8.fp32_layers``) and any alternatives given with ``--int8-variants``. It is
+  statically quantized by ONNX Runtime), with the shipped choice of quantized layers
+  (``inference.int8.int8_layers``) and any alternatives given with ``--int8-variants``. It is
   calibrated once, at 480x640, on ``--calibration`` images (default: the shared Freiburg frames
   that are not among the timed frames; never the evaluation images).
 
@@ -235,7 +235,7 @@ class ExportedPath(FrontendPath):
 
 def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: list[Path],
                variants: list[tuple[str, tuple[str, ...]]]) -> list:
-    """One ``onnxruntime int8`` path per (label, float32 layers) of ``variants``, all from one
+    """One ``onnxruntime int8`` path per (label, quantized layers) of ``variants``, all from one
     calibration (480x640, the cache under ``workdir``); the records go to ``workdir``."""
     from models.int8 import int8_settings, quantize_int8
     from models.onnx_runtime import OnnxRuntimeNetwork
@@ -243,7 +243,7 @@ def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: l
     kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
     paths = []
     for label, layers in variants:
-        settings = int8_settings({"fp32_layers": list(layers), "cache_dir": str(workdir / "int8_cache")},
+        settings = int8_settings({"int8_layers": list(layers), "cache_dir": str(workdir / "int8_cache")},
                                  calibration)
         settings.exclude_files = tuple(exclude)
         data, record = quantize_int8(model, settings)
@@ -255,15 +255,15 @@ def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: l
 
 
 def parse_int8_variant(text: str) -> tuple[str, tuple[str, ...]]:
-    """``LABEL=LAYER,LAYER`` (the float32 layers; empty: every layer int8)."""
+    """``LABEL=LAYER,LAYER`` (the quantized layers) or ``LABEL=all``."""
     from models.int8 import LAYERS
 
     label, _, layers = text.partition("=")
-    names = tuple(n for n in layers.split(",") if n)
+    names = LAYERS if layers == "all" else tuple(n for n in layers.split(",") if n)
     bad = [n for n in names if n not in LAYERS]
-    if not label or bad:
-        raise argparse.ArgumentTypeError(f"--int8-variants {text!r}: expected LABEL=LAYER,LAYER with layers "
-                                         f"among {', '.join(LAYERS)}")
+    if not label or not names or bad:
+        raise argparse.ArgumentTypeError(f"--int8-variants {text!r}: expected LABEL=all or LABEL=LAYER,LAYER with "
+                                         f"layers among {', '.join(LAYERS)}")
     return label, names
 
 
@@ -662,8 +662,8 @@ def main(argv=None) -> int:
                         help="int8: folder of calibration images (default: the shared photos/freiburg frames; "
                              "the timed frames are left out)")
     parser.add_argument("--int8-variants", nargs="*", type=parse_int8_variant, default=[], metavar="LABEL=LAYERS",
-                        help="extra int8 rows with other float32 layers, e.g. all-int8= heads-fp32=convPa,convPb,"
-                             "convDa,convDb (the shipped choice, inference.int8.fp32_layers, always runs)")
+                        help="extra int8 rows with other quantized layers, e.g. all=all block1-2=conv1a,conv1b,"
+                             "conv2a,conv2b (the shipped choice, inference.int8.int8_layers, always runs)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 paths")
     parser.add_argument("--real-pairs", type=Path,
                         help="HPatches-layout folder of real pairs for the second HPatches-style table "
@@ -693,8 +693,8 @@ def main(argv=None) -> int:
         if not args.no_int8:
             from utils.config import load_defaults
 
-            shipped = tuple(load_defaults()["inference"]["int8"]["fp32_layers"])
-            variants = [("shipped: fp32 " + (",".join(shipped) or "none"), shipped)] + list(args.int8_variants)
+            shipped = tuple(load_defaults()["inference"]["int8"]["int8_layers"])
+            variants = [("default: " + ",".join(shipped), shipped)] + list(args.int8_variants)
             calibration = args.calibration or shared_photos_dir() / "freiburg"
             int8_rows = int8_paths(model, args.threads, Path(tmp), calibration, photos, variants)
             paths += int8_rows

@@ -41,7 +41,7 @@ def _calibration_folder(shared_data, tmp_path, count=3):
 
 def test_int8_export_has_quantized_convolutions_and_records_its_calibration(shared_data, tmp_path, capsys):
     folder = _calibration_folder(shared_data, tmp_path)
-    config = load_config(DEMO, ["inference.int8.size=[120, 160]", "inference.int8.fp32_layers=[convPb]",
+    config = load_config(DEMO, ["inference.int8.size=[120, 160]", "inference.int8.int8_layers=[conv1a, conv1b, conv2a, conv2b, conv3a, conv3b, conv4a, conv4b, convPa, convDa, convDb]",
                                 f"inference.int8.cache_dir={tmp_path / 'cache'}"])
     out = exper_path() / "int8"
     assert run(config, out, argparse.Namespace(format="onnx", precision="int8", calibration=str(folder))) == 0
@@ -65,6 +65,7 @@ def test_int8_export_has_quantized_convolutions_and_records_its_calibration(shar
     import hashlib
     assert cal["sha256"] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     assert record["onnxruntime"] == onnxruntime.__version__ and record["fp32_layers"] == ["convPb"]
+    assert record["int8_layers"] == [n for n in int8.LAYERS if n != "convPb"]
     assert cal["cache_hit"] is False and (tmp_path / "cache").is_dir()
     assert record["check"]["desc_mean_cosine"] > 0.98
     assert "wrote" in capsys.readouterr().out
@@ -96,7 +97,7 @@ def test_calibration_is_computed_once_per_weights_images_size_and_method(shared_
     cache = tmp_path / "cache" / rec1["calibration"]["cache"].split("/")[-1]
     stamp = cache.stat().st_mtime_ns
     reads.clear()
-    second, rec2 = int8.quantize_int8(model, int8.int8_settings({**section, "fp32_layers": ["conv1a"]}, folder))
+    second, rec2 = int8.quantize_int8(model, int8.int8_settings({**section, "int8_layers": ["conv1b", "conv2a"]}, folder))
     assert reads == [] and rec2["calibration"]["cache_hit"] and cache.stat().st_mtime_ns == stamp
     assert first != second  # the layer choice differs, the calibration does not
     int8.quantize_int8(model, int8.int8_settings({**section, "method": "percentile"}, folder))
@@ -149,8 +150,8 @@ def test_int8_errors_are_one_line(shared_data, tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(ConfigError, match=r"inference.int8.calibration: .*empty: no images found"):
         int8.quantize_int8(model, int8.int8_settings({}, tmp_path / "empty"))
-    with pytest.raises(ConfigError, match="inference.int8.fp32_layers: unknown layer.*conv9"):
-        int8.int8_settings({"fp32_layers": ["conv9"]})
+    with pytest.raises(ConfigError, match="inference.int8.int8_layers: unknown layer.*conv9"):
+        int8.int8_settings({"int8_layers": ["conv9"]})
     with pytest.raises(ConfigError, match="inference.int8.method: unknown value 'best'"):
         int8.int8_settings({"method": "best"})
     config = load_config(DEMO)
