@@ -111,9 +111,9 @@ def test_calibration_is_computed_once_per_weights_images_size_and_method(shared_
 
 
 def test_int8_keypoints_agree_with_fp32_on_a_real_photo(shared_data, tmp_path):
-    """inference.precision int8 (ONNX Runtime, calibrated on 8 Freiburg frames) against the fp32
-    keypoints of a phototourism photo: at least 95 % within 1 px, both ways (the benchmark measures
-    the shipped layer choice over more frames: docs/BENCHMARKS.md, Inference)."""
+    """inference.precision int8 with the default layer choice (ONNX Runtime, calibrated on 8
+    Freiburg frames) against the fp32 keypoints of a phototourism photo: at least 98 % within 1 px,
+    both ways (the benchmark measures every layer choice over more frames: docs/BENCHMARKS.md)."""
     from datasets.embedded_hpatches import center_crop_to_aspect
     from datasets.image_list import resize_gray
     from utils.io import read_image_gray
@@ -133,7 +133,7 @@ def test_int8_keypoints_agree_with_fp32_on_a_real_photo(shared_data, tmp_path):
     assert len(want) > 100
     d = torch.cdist(got.double(), want.double())
     share = min(float((d.min(1).values <= 1).double().mean()), float((d.min(0).values <= 1).double().mean()))
-    assert share >= 0.95, share
+    assert share >= 0.98, share  # 0.996 measured here (AVX-512 VNNI CPU, ONNX Runtime 1.32)
 
 
 def test_int8_errors_are_one_line(shared_data, tmp_path):
