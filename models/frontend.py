@@ -130,8 +130,8 @@ def resolve_engine(engine: str, precision: str, device: torch.device, model: tor
 
     ``auto`` is the fastest engine that gives the fp32 results on ``device`` (docs/DEPLOYMENT.md):
     ONNX Runtime for fp32 on the CPU (about 10 % faster than the fast engine's fp32 there) and
-    for int8 (its only engine), the fast engine otherwise. A network that is not a SuperPoint layout runs eager under ``auto`` and
-    ``fast``.
+    for int8 (its only engine), the fast engine otherwise. A network that is not a SuperPoint
+    layout runs eager under ``auto`` and ``fast``.
     """
     from models.inference import folded_layers
     from utils.config import ConfigError
@@ -170,7 +170,8 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
     ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision,
     except ``int8``: the export quantized with the calibration of ``inference.int8``
-    (:func:`models.int8.quantize_int8`, calibration cached); ``auto`` picks one (:func:`resolve_engine`). Post-processing is float32 in every case.
+    (:func:`models.int8.quantize_int8`, calibration cached); ``auto`` picks one
+    (:func:`resolve_engine`). Post-processing is float32 in every case.
     ``model`` itself is moved to ``device`` and put in eval mode (and, for the eager engine, to
     channels-last).
     """

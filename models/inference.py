@@ -241,10 +241,10 @@ def resolve_inference_precision(precision: str, device: torch.device, training_p
     unchanged (docs/DEPLOYMENT.md). ``mixed`` and ``bf16`` (CPUs with native bf16, GPUs) and
     ``fp16`` (GPUs) are faster, but move keypoints and matches enough to change homography
     accuracy on the embedded HPatches-style set by 0.02-0.12, so they are opt-in; so is ``int8``
-    (CPU only: ONNX Runtime on a statically quantized export, :mod:`models.int8`), which is not a
-    :data:`PRECISIONS` entry of the fast engine. An explicit
-    top-level ``precision`` (``training_precision`` other than auto) is honoured by ``auto``, so
-    that a config pinned to fp32 stays fp32 everywhere.
+    (CPU only: ONNX Runtime on a statically quantized export, :mod:`models.int8`; not a
+    :data:`PRECISIONS` entry of the fast engine). An explicit top-level ``precision``
+    (``training_precision`` other than auto) is honoured by ``auto``, so that a config pinned to
+    fp32 stays fp32 everywhere.
     """
     from utils.config import ConfigError
 

@@ -68,7 +68,8 @@ def cpu_session(model_bytes_or_path, threads: int | None = None):
 
 
 class OnnxRuntimeNetwork(torch.nn.Module):
-    """``model`` exported to ONNX and run by ONNX Runtime on the CPU, in float32.
+    """``model`` exported to ONNX and run by ONNX Runtime on the CPU, in float32 (or a given
+    ONNX model of it, such as the int8 one).
 
     Called like the module: ``B x 1 x H x W`` float images -> ``{"semi", "desc"[, "seg"]}`` float32
     CPU tensors. The export takes a few seconds, once, at construction. ``onnx_model``: run this

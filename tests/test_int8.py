@@ -136,7 +136,7 @@ def test_int8_keypoints_agree_with_fp32_on_a_real_photo(shared_data, tmp_path):
     assert share >= 0.98, share  # 0.991 measured here (AVX-512 VNNI CPU, ONNX Runtime 1.32)
 
 
-def test_int8_errors_are_one_line(shared_data, tmp_path):
+def test_int8_errors_are_one_line(shared_data, tmp_path, capsys):
     with pytest.raises(ConfigError, match="int8 runs on the CPU only.*device is cuda"):
         resolve_inference_precision("int8", torch.device("cuda"))
     assert resolve_inference_precision("int8", torch.device("cpu")) == "int8"
@@ -160,6 +160,14 @@ def test_int8_errors_are_one_line(shared_data, tmp_path):
     with pytest.raises(UserError, match="--precision int8 exists for --format onnx only"):
         run(config, exper_path() / "x", argparse.Namespace(format="torchscript", precision="int8",
                                                             calibration=str(shared_data)))
+    import export  # the command line prints the same errors as one line and exits with 2
+    assert export.main(["export_model", DEMO, "x", "--precision", "int8"]) == 2
+    assert export.main(["export_model", DEMO, "x", "--precision", "int8", "--calibration", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: --precision int8 needs --calibration DIR: a folder of your own images (not evaluation "
+                   "images), or inference.int8.calibration in the config",
+                   f"error: inference.int8.calibration: {tmp_path / 'empty'}: no images found (expected files ending "
+                   f"in {', '.join(int8.IMAGE_SUFFIXES)})"]
     with pytest.raises(ConfigError, match="set inference.int8.calibration"):
         inference_frontend(model, {**config, "inference": {**config["inference"], "precision": "int8"}},
                            torch.device("cpu"))
