@@ -142,7 +142,8 @@ def export_int8(model: torch.nn.Module, export_dir: Path, config: dict, calibrat
     atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     if record["check"]["desc_mean_cosine"] < INT8_MIN_COSINE:
         raise RuntimeError(f"{path}: int8 descriptors differ from PyTorch fp32 (mean cosine "
-                           f"{record['check']['desc_mean_cosine']:.3f} < {INT8_MIN_COSINE}); see {path.with_suffix('.json')}")
+                           f"{record['check']['desc_mean_cosine']:.3f} < {INT8_MIN_COSINE}); "
+                           f"see {path.with_suffix('.json')}")
     return path
 
 

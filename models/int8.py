@@ -69,7 +69,8 @@ def int8_settings(section: dict | None, calibration: str | Path | None = None) -
     layers = tuple(section.get("int8_layers", Int8Settings.int8_layers))
     unknown = [n for n in layers if n not in LAYERS]
     if unknown or not layers:
-        raise ConfigError(f"inference.int8.int8_layers: unknown layer(s) {', '.join(map(str, unknown)) or '(none given)'} "
+        given = ", ".join(map(str, unknown)) or "(none given)"
+        raise ConfigError(f"inference.int8.int8_layers: unknown layer(s) {given} "
                           f"(expected names among {', '.join(LAYERS)})")
     cache = section.get("cache_dir")
     return Int8Settings(Path(folder) if folder else None, count, (int(size[0]), int(size[1])), method,
