@@ -654,7 +654,7 @@ def main(argv=None) -> int:
     parser.add_argument("--paths", nargs="+", help="only the paths whose names contain one of these words")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
     parser.add_argument("--no-hpatches", action="store_true",
-                        help="skip the homography accuracy / repeatability comparison on the embedded set")
+                        help="skip the HPatches-style comparisons (embedded set and real pairs)")
     parser.add_argument("--ransac-orders", type=int, default=100,
                         help="random orders of the matches per pair for the averaged homography accuracy "
                              "(0: skip)")
