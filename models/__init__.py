@@ -8,8 +8,9 @@ import torch
 from models.heads import build_segmentation_head
 from models.superpoint import SuperPointNet
 from models.superpoint_bn import SuperPointNet_gauss2
+from models.superpoint_tf import SuperPointTF
 
-MODELS = {"SuperPointNet": SuperPointNet, "SuperPointNet_gauss2": SuperPointNet_gauss2}
+MODELS = {"SuperPointNet": SuperPointNet, "SuperPointNet_gauss2": SuperPointNet_gauss2, "SuperPointTF": SuperPointTF}
 
 
 def build_model(model_config: dict) -> torch.nn.Module:
