@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import build_model, load_weights
+from models import load_pretrained
 from training.checkpoints import resolve_pretrained
 from models.frontend import Frontend, inference_frontend
 from utils.cli import UserError, resolve_device
@@ -36,8 +36,7 @@ def build_frontend(config: dict) -> Frontend:
     """
     weights = resolve_pretrained(config)
     device = resolve_device(config.get("device", "auto"))
-    model = build_model(config["model"])
-    load_weights(model, weights, strict=True, weights_only=bool(config.get("weights_only", True)))
+    model = load_pretrained(config["model"], weights, strict=True, weights_only=bool(config.get("weights_only", True)))
     inference = dict(config.get("inference") or {})
     if inference.get("precision", "auto") == "auto" and config.get("precision", "auto") == "auto":
         inference["precision"] = "fp32"

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from datasets import get_dataset
 from datasets.keypoint_labels import label_path, save_keypoint_labels
-from models import build_model, load_weights
+from models import load_pretrained
 from training.checkpoints import resolve_pretrained
 from models.frontend import keypoint_settings
 from models.homography_adaptation import homography_adaptation, prepare_detector
@@ -104,8 +104,7 @@ def draw_points(image: torch.Tensor, pts: np.ndarray) -> np.ndarray:
 def load_detector(config: dict, device: torch.device) -> torch.nn.Module:
     """The configured network with ``pretrained`` weights, prepared for fast inference."""
     path = resolve_pretrained(config, "export_detector_homoAdapt")
-    model = build_model(config["model"])
-    load_weights(model, path, strict=True, weights_only=bool(config.get("weights_only", True)))
+    model = load_pretrained(config["model"], path, strict=True, weights_only=bool(config.get("weights_only", True)))
     return prepare_detector(model, device)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import build_model, load_weights
+from models import load_pretrained
 from models.onnx_runtime import TupleOutputs, cpu_session, onnx_bytes, output_names
 from training.checkpoints import resolve_pretrained
 from utils.cli import UserError
@@ -34,8 +34,7 @@ CHECK_SIZES = ((64, 80), (96, 128))  # two different H x W: the dynamic axes rea
 def load_model(config: dict) -> torch.nn.Module:
     """The config's network with its ``pretrained`` weights, on the CPU, in eval mode."""
     path = resolve_pretrained(config, "export_model")
-    model = build_model(config["model"])
-    load_weights(model, path, strict=True, weights_only=bool(config.get("weights_only", True)))
+    model = load_pretrained(config["model"], path, strict=True, weights_only=bool(config.get("weights_only", True)))
     return model.eval()
 
 

@@ -45,22 +45,44 @@ def extract_state_dict(obj) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
-                 weights_only: bool = True) -> dict:
-    """Load weights from ``path`` into ``model`` (on the model's device).
+def read_weights(path: str | Path, weights_only: bool = True):
+    """The object of a weights file (state dict or checkpoint dict), on the CPU; one-line errors.
 
-    Accepts a bare state dict or a checkpoint dict. ``weights_only=False`` allows pickled
-    Python objects (only for files you trust). Returns the loaded file's object.
+    ``weights_only=False`` allows pickled Python objects (only for files you trust).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - turn any unpickling failure into one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: cannot load weights ({first}); if you trust this file, "
                          f"set weights_only: false") from None
+
+
+def recorded_layout(obj) -> dict | None:
+    """The ``{"name", "params"}`` a checkpoint dict records under ``config.model`` (converted
+    weights and our training checkpoints do), or None (a bare state dict, an unknown name)."""
+    config = obj.get("config") if isinstance(obj, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or model.get("name") not in MODELS:
+        return None
+    return {"name": model["name"], "params": dict(model.get("params") or {})}
+
+
+def model_config_for(model_config: dict, obj) -> dict:
+    """``model_config`` with the layout a weights file records: when the file names another
+    network, its ``name`` and ``params`` replace the config's (the weights only fit their own
+    layout); everything else (segmentation head, keypoint settings) is the config's."""
+    layout = recorded_layout(obj)
+    if layout is None or layout["name"] == model_config.get("name"):
+        return model_config
+    return {**model_config, **layout}
+
+
+def load_state(model: torch.nn.Module, obj, path: str | Path, strict: bool = True) -> None:
+    """Copy the weights of ``obj`` (state dict or checkpoint dict read from ``path``) into ``model``."""
     try:
         state = extract_state_dict(obj)
     except ValueError as e:
@@ -70,4 +92,26 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
         raise ValueError(f"{path}: weights do not fit {type(model).__name__}: "
                          f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
                          f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
+                 weights_only: bool = True) -> dict:
+    """Load weights from ``path`` into ``model`` (on the model's device).
+
+    Accepts a bare state dict or a checkpoint dict. ``weights_only=False`` allows pickled
+    Python objects (only for files you trust). Returns the loaded file's object.
+    """
+    obj = read_weights(path, weights_only)
+    load_state(model, obj, path, strict)
     return obj
+
+
+def load_pretrained(model_config: dict, path: str | Path, strict: bool = True,
+                    weights_only: bool = True) -> torch.nn.Module:
+    """The network of the weights file ``path`` with its weights: the layout the file records
+    (``model_config_for``), else ``model_config``'s. So ``pretrained: <converted file>`` works
+    whatever ``model.name`` the config sets."""
+    obj = read_weights(path, weights_only)
+    model = build_model(model_config_for(model_config, obj))
+    load_state(model, obj, path, strict)
+    return model

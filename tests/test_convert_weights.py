@@ -224,13 +224,17 @@ def test_tf_magicpoint_conversion_matches_the_tf_graph(tmp_path, capsys):
 def test_tf_magicpoint_descriptor_head_is_seeded(tmp_path):
     write_bundle(tmp_path / "saved", random_tf_magicpoint())
     states = []
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        cw.convert(tmp_path / "saved", tmp_path / f"{name}.pth", seed=seed)
-        states.append(torch.load(tmp_path / f"{name}.pth", weights_only=True)["model_state_dict"])
+    for seed in (0, 1):
+        cw.convert(tmp_path / "saved", tmp_path / f"{seed}.pth", seed=seed)
+        states.append(torch.load(tmp_path / f"{seed}.pth", weights_only=True)["model_state_dict"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = build_model({"name": "SuperPointTF"}).state_dict()  # PyTorch's default init, seed 0
     key = "descriptor.0.conv.weight"
-    assert torch.equal(states[0][key], states[1][key])
-    assert not torch.equal(states[0][key], states[2][key])
-    assert torch.equal(states[0]["detector.0.conv.weight"], states[2]["detector.0.conv.weight"])
+    assert torch.equal(states[0][key], fresh[key])
+    assert not torch.equal(states[0][key], states[1][key])
+    assert torch.equal(states[0]["detector.0.conv.weight"], states[1]["detector.0.conv.weight"])
+    assert not torch.equal(states[0]["detector.0.conv.weight"], fresh["detector.0.conv.weight"])
 
 
 def test_tf_missing_variable_is_named(tmp_path):
@@ -281,3 +285,217 @@ def test_real_tf_magicpoint_fires_on_square_corners(shared_data, tmp_path):
     dist = np.linalg.norm(top[:, None] - corners[None], axis=-1)
     assert len(top) == 4 and (dist.min(axis=1) <= 2.0).all()
     assert sorted(dist.argmin(axis=1).tolist()) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------ the PyTorch formats
+
+def _random_state(spec, seed: int) -> dict:
+    """Random tensors for ``spec`` = [(name, shape)]: BN variances positive, counters long."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in spec:
+        if name.endswith("num_batches_tracked"):
+            out[name] = torch.tensor(1000)
+        elif name.endswith("running_var"):
+            out[name] = torch.rand(shape, generator=g) * 1.5 + 0.5
+        elif name.endswith("weight") and len(shape) == 4:
+            out[name] = torch.randn(shape, generator=g) / (shape[1] * shape[2] * shape[3]) ** 0.5
+        elif name.endswith("weight") and len(shape) == 1:  # BN scale
+            out[name] = torch.rand(shape, generator=g) + 0.5
+        else:
+            out[name] = torch.randn(shape, generator=g) * 0.1
+    return out
+
+
+def _conv(name, cin, cout, k):
+    return [(f"{name}.weight", (cout, cin, k, k)), (f"{name}.bias", (cout,))]
+
+
+def _bn(name, c):
+    return [(f"{name}.{p}", (c,)) for p in ("weight", "bias", "running_mean", "running_var")] + \
+        [(f"{name}.num_batches_tracked", ())]
+
+
+ENCODER = [(1, 64), (64, 64), (64, 128), (128, 128)]  # (in, out) of each stage
+
+
+def open_spec(descriptor_dim=256):
+    """superpoint_v6_from_tf.pth: backbone.<stage>.<0|1>.{conv,bn}, detector.<0|1>, descriptor.<0|1>."""
+    spec = []
+    for s, (cin, cout) in enumerate(ENCODER):
+        for b, c in enumerate((cin, cout)):
+            spec += _conv(f"backbone.{s}.{b}.conv", c, cout, 3) + _bn(f"backbone.{s}.{b}.bn", cout)
+    for head, last in (("detector", 65), ("descriptor", descriptor_dim)):
+        spec += _conv(f"{head}.0.conv", 128, 256, 3) + _bn(f"{head}.0.bn", 256)
+        spec += _conv(f"{head}.1.conv", 256, last, 1) + _bn(f"{head}.1.bn", last)
+    return spec
+
+
+def open_reference(sd, x):
+    """conv -> ReLU -> BN(eps 1e-3) blocks, [0, 1] input, max-pool after stages 0-2."""
+    def block(x, p, relu=True):
+        w = sd[f"{p}.conv.weight"]
+        x = F.conv2d(x, w, sd[f"{p}.conv.bias"], padding=w.shape[-1] // 2)
+        x = F.relu(x) if relu else x
+        return F.batch_norm(x, sd[f"{p}.bn.running_mean"], sd[f"{p}.bn.running_var"], sd[f"{p}.bn.weight"],
+                            sd[f"{p}.bn.bias"], training=False, eps=1e-3)
+    for s in range(4):
+        x = block(block(x, f"backbone.{s}.0"), f"backbone.{s}.1")
+        x = F.max_pool2d(x, 2) if s < 3 else x
+    semi = block(block(x, "detector.0"), "detector.1", relu=False)
+    desc = F.normalize(block(block(x, "descriptor.0"), "descriptor.1", relu=False), dim=1)
+    return semi, desc
+
+
+def gauss2_spec():
+    """eric-yyjau's SuperPointNet_gauss2: inc / down1..3 double convs (conv, BN, ReLU) x 2, heads."""
+    spec = []
+    for s, (cin, cout) in enumerate(ENCODER):
+        p = "inc.conv.conv" if s == 0 else f"down{s}.mpconv.1.conv"
+        spec += _conv(f"{p}.0", cin, cout, 3) + _bn(f"{p}.1", cout) + _conv(f"{p}.3", cout, cout, 3) + _bn(f"{p}.4", cout)
+    spec += _conv("convPa", 128, 256, 3) + _bn("bnPa", 256) + _conv("convPb", 256, 65, 1) + _bn("bnPb", 65)
+    spec += _conv("convDa", 128, 256, 3) + _bn("bnDa", 256) + _conv("convDb", 256, 256, 1) + _bn("bnDb", 256)
+    return spec
+
+
+def gauss2_reference(sd, x):
+    def cbr(x, conv, bn, relu=True):
+        w = sd[f"{conv}.weight"]
+        x = F.conv2d(x, w, sd[f"{conv}.bias"], padding=w.shape[-1] // 2)
+        x = F.batch_norm(x, sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"], sd[f"{bn}.weight"],
+                         sd[f"{bn}.bias"], training=False, eps=1e-5)
+        return F.relu(x) if relu else x
+    for s in range(4):
+        p = "inc.conv.conv" if s == 0 else f"down{s}.mpconv.1.conv"
+        x = F.max_pool2d(x, 2) if s > 0 else x
+        x = cbr(cbr(x, f"{p}.0", f"{p}.1"), f"{p}.3", f"{p}.4")
+    semi = cbr(cbr(x, "convPa", "bnPa"), "convPb", "bnPb", relu=False)
+    desc = F.normalize(cbr(cbr(x, "convDa", "bnDa"), "convDb", "bnDb", relu=False), dim=1)
+    return semi, desc
+
+
+def magicleap_spec():
+    names = ["conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b"]
+    spec = []
+    for i, name in enumerate(names):
+        cin, cout = ENCODER[i // 2]
+        spec += _conv(name, cin if i % 2 == 0 else cout, cout, 3)
+    return spec + _conv("convPa", 128, 256, 3) + _conv("convPb", 256, 65, 1) + \
+        _conv("convDa", 128, 256, 3) + _conv("convDb", 256, 256, 1)
+
+
+def magicleap_reference(sd, x):
+    """MagicLeap's network: conv + ReLU everywhere except the heads' 1x1 convs, no batch norm."""
+    def c(x, n, relu=True):
+        w = sd[f"{n}.weight"]
+        x = F.conv2d(x, w, sd[f"{n}.bias"], padding=w.shape[-1] // 2)
+        return F.relu(x) if relu else x
+    for s in range(1, 5):
+        x = c(c(x, f"conv{s}a"), f"conv{s}b")
+        x = F.max_pool2d(x, 2) if s < 4 else x
+    return c(c(x, "convPa"), "convPb", relu=False), F.normalize(c(c(x, "convDa"), "convDb", relu=False), dim=1)
+
+
+def _compare(dst, reference, sd):
+    model, obj = _converted_model(dst)
+    x = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(x)
+        semi, desc = reference(sd, x)
+    _close(out["semi"].numpy(), semi.numpy(), 1e-4)
+    _close(out["desc"].numpy(), desc.numpy(), 1e-4)
+    return model, obj
+
+
+def test_superpoint_open_conversion(tmp_path):
+    sd = _random_state(open_spec(), 11)
+    torch.save(sd, tmp_path / "superpoint_v6_from_tf.pth")
+    assert cw.detect_format(tmp_path / "superpoint_v6_from_tf.pth") == "superpoint_open"
+    cw.convert(tmp_path / "superpoint_v6_from_tf.pth", tmp_path / "open.pth")
+    model, obj = _compare(tmp_path / "open.pth", open_reference, sd)
+    assert obj["config"]["model"]["name"] == "SuperPointTF" and float(model.input_scale) == 1.0
+    assert obj["converted_from"]["untrained"] == []
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_eric_yyjau_checkpoint_conversion(tmp_path, legacy):
+    sd = _random_state(gauss2_spec(), 12)
+    # an Adam state dict as eric-yyjau saves it (written by hand: building an optimizer costs seconds)
+    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}},
+                 "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
+                                   "amsgrad": False, "params": [0]}]}
+    loss = torch.tensor(0.25, requires_grad=True) * 2  # eric-yyjau saves the last loss tensor as is
+    ck = {"n_iter": 170001, "model_state_dict": {f"module.{k}": v for k, v in sd.items()},
+          "optimizer_state_dict": optimizer, "loss": loss}
+    src = tmp_path / "superPointNet_170000_checkpoint.pth.tar"
+    torch.save(ck, src, _use_new_zipfile_serialization=not legacy)  # legacy: the pre-1.6 format
+    assert cw.detect_format(src) == "eric_yyjau"  # read with weights_only=True in both formats
+    cw.convert(src, tmp_path / "eric.pth")
+    _, obj = _compare(tmp_path / "eric.pth", gauss2_reference, sd)
+    assert obj["config"]["model"]["name"] == "SuperPointNet_gauss2" and obj["n_iter"] == 170001
+
+
+def test_magicleap_conversion(tmp_path):
+    sd = _random_state(magicleap_spec(), 13)
+    torch.save(sd, tmp_path / "superpoint_v1.pth")
+    assert cw.detect_format(tmp_path / "superpoint_v1.pth") == "magicleap"
+    cw.convert(tmp_path / "superpoint_v1.pth", tmp_path / "ml.pth")
+    _, obj = _compare(tmp_path / "ml.pth", magicleap_reference, sd)
+    assert obj["config"]["model"]["name"] == "SuperPointNet"
+
+
+def test_unknown_or_corrupt_files_give_one_line_errors(tmp_path, capsys):
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage" * 10)
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    torch.save(_random_state(open_spec(), 1), tmp_path / "open.pth")
+    cases = [(["junk.pth"], "junk.pth: not a readable PyTorch weights file"),
+             (["other.pth"], "other.pth: unrecognised weights"),
+             (["open.pth", "--format", "magicleap"], "open.pth: not a magicleap state dict"),
+             (["missing.pth"], "missing.pth: weights not found"),
+             (["open.pth", "--input-scale", "0"], "--input-scale: must be > 0")]
+    for args, message in cases:
+        argv = [str(tmp_path / args[0]), str(tmp_path / "out.pth")] + args[1:]
+        assert cw.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (tmp_path / "out.pth").exists()
+
+
+# ------------------------------------------------------------------ pretrained: <converted file>
+
+def test_converted_file_works_as_pretrained_in_any_config(tmp_path):
+    from models import load_pretrained
+
+    sd = _random_state(open_spec(), 21)
+    torch.save(sd, tmp_path / "v6.pth")
+    cw.convert(tmp_path / "v6.pth", tmp_path / "open.pth")
+    model = load_pretrained({"name": "SuperPointNet_gauss2", "params": {}}, tmp_path / "open.pth")
+    assert type(model).__name__ == "SuperPointTF"
+    assert torch.equal(model.state_dict()["detector.1.conv.weight"], sd["detector.1.conv.weight"])
+
+
+def test_joint_training_starts_from_a_converted_magicpoint(tmp_path, monkeypatch):
+    """A SuperPointNet_gauss2 joint-training config with ``pretrained:`` a converted TF MagicPoint
+    trains the converted layout (input scale kept) and its checkpoints record that layout."""
+    import datasets
+    import settings
+    from training.checkpoints import latest_checkpoint, load_checkpoint
+    from training.superpoint import SuperPointTask
+    from training.trainer import Trainer
+    from utils.config import load_config
+
+    monkeypatch.setitem(datasets.DATASETS, "squares", "tests.fixtures.squares:Squares")
+    write_bundle(tmp_path / "saved", random_tf_magicpoint())
+    cw.convert(tmp_path / "saved", tmp_path / "mp.pth")
+    cfg = load_config(None, [
+        "data.dataset=squares", "data.warped_pair.enable=true", "model.name=SuperPointNet_gauss2",
+        "model.batch_size=2", "model.eval_batch_size=2", "num_workers=0", "precision=fp32", "device=cpu",
+        "train_iter=2", "save_interval=2", "tensorboard_interval=100", "validation_interval=100",
+        "model.lambda_loss=1", "model.sparse_loss.enable=true", "model.sparse_loss.params.num_matching_attempts=20",
+        "model.sparse_loss.params.num_masked_non_matches_per_match=5", f"pretrained={tmp_path / 'mp.pth'}"])
+    Trainer(cfg, "from_tf", SuperPointTask(cfg)).train()
+    ck = load_checkpoint(latest_checkpoint(settings.exper_path() / "from_tf" / "checkpoints"))
+    assert ck["n_iter"] == 2 and ck["config"]["model"]["name"] == "SuperPointTF"
+    assert float(ck["model_state_dict"]["input_scale"]) == 255.0
+    start = torch.load(tmp_path / "mp.pth", weights_only=True)["model_state_dict"]
+    assert not torch.equal(ck["model_state_dict"]["detector.1.conv.weight"], start["detector.1.conv.weight"])

@@ -35,7 +35,7 @@ from tqdm import tqdm
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from models import build_model, extract_state_dict, load_weights
+from models import build_model, extract_state_dict, load_weights, model_config_for, read_weights
 from training.checkpoints import latest_checkpoint, load_checkpoint, resolve_pretrained, save_checkpoint
 from training.sampler import ResumableBatchSampler
 from utils.cli import UserError, autocast_dtype, resolve_device
@@ -136,8 +136,24 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _build(self):
+    def _layout(self) -> dict:
+        """The model section to build: the config's, or the layout recorded by the checkpoint to
+        resume or the ``pretrained`` file when it names another network (``models.model_config_for``);
+        it becomes the config's, so this run's checkpoints record it too."""
         mcfg = self.config["model"]
+        source = latest_checkpoint(self.ckpt_dir)
+        if source is None and self.config.get("pretrained"):
+            source = resolve_pretrained(self.config, "pretrained")
+        if source is None:
+            return mcfg
+        layout = model_config_for(mcfg, read_weights(source, bool(self.config.get("weights_only", True))))
+        if layout is not mcfg:
+            self._log(f"model.name: {mcfg.get('name')} -> {layout['name']}, the layout recorded by {source}")
+            self.config["model"] = layout
+        return layout
+
+    def _build(self):
+        mcfg = self._layout()
         net = build_model(mcfg)
         dcfg = self.config.get("distributed") or {}
         if self.distributed and self.device.type == "cuda" and bool(dcfg.get("sync_batchnorm", True)):

@@ -217,6 +217,8 @@ def convert(src: str | Path, dst: str | Path, fmt: str | None = None, seed: int 
         raise ValueError(f"--format: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     if not src.exists():
         raise FileNotFoundError(f"{src}: weights not found")
+    if input_scale is not None and not input_scale > 0:
+        raise ValueError(f"--input-scale: must be > 0, got {input_scale}")
     if fmt == "tf_savedmodel":
         result = convert_tf(src, seed, input_scale)
     else:
