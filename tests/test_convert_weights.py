@@ -269,7 +269,7 @@ def test_real_tf_magicpoint_variables(shared_data):
 def test_real_tf_magicpoint_fires_on_square_corners(shared_data, tmp_path):
     """A bright square on a near-black background (13/255): the 4 strongest detections after NMS
     are the 4 corners, each within 2 px. (On exactly-0 regions this network fires all over: its
-    training images never had any; see docs/BENCHMARKS.md.)"""
+    training images never had any; see pretrained/README.md.)"""
     from utils.keypoints import extract_keypoints, semi_to_heatmap
 
     dst = tmp_path / "mp.pth"
