@@ -72,11 +72,12 @@ def recorded_layout(obj) -> dict | None:
 
 
 def model_config_for(model_config: dict, obj) -> dict:
-    """``model_config`` with the layout a weights file records: when the file names another
-    network, its ``name`` and ``params`` replace the config's (the weights only fit their own
-    layout); everything else (segmentation head, keypoint settings) is the config's."""
+    """``model_config`` with the layout a weights file records: its ``name`` and ``params``
+    replace the config's (the weights only fit their own layout); everything else (segmentation
+    head, keypoint settings) is the config's. Returned unchanged when they already agree."""
     layout = recorded_layout(obj)
-    if layout is None or layout["name"] == model_config.get("name"):
+    if layout is None or (layout["name"] == model_config.get("name")
+                          and layout["params"] == dict(model_config.get("params") or {})):
         return model_config
     return {**model_config, **layout}
 

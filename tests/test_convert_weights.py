@@ -94,18 +94,21 @@ def write_bundle(folder, tensors: dict) -> None:
 
 # ------------------------------------------------------------------ the TensorFlow MagicPoint
 
-TF_LAYERS = [(f"vgg/conv{s}_{b}", k, cin, cout) for s, b, k, cin, cout in
-             [(1, 1, 3, 1, 64), (1, 2, 3, 64, 64), (2, 1, 3, 64, 64), (2, 2, 3, 64, 64),
-              (3, 1, 3, 64, 128), (3, 2, 3, 128, 128), (4, 1, 3, 128, 128), (4, 2, 3, 128, 128)]]
-TF_LAYERS += [("detector/conv1", 3, 128, 256), ("detector/conv2", 1, 256, 65)]
+TF_ENCODER = [(f"vgg/conv{s}_{b}", 3, cin, cout) for s, b, cin, cout in
+              [(1, 1, 1, 64), (1, 2, 64, 64), (2, 1, 64, 64), (2, 2, 64, 64),
+               (3, 1, 64, 128), (3, 2, 128, 128), (4, 1, 128, 128), (4, 2, 128, 128)]]
+TF_DETECTOR = [("detector/conv1", 3, 128, 256), ("detector/conv2", 1, 256, 65)]
+TF_DESCRIPTOR = [("descriptor/conv1", 3, 128, 256), ("descriptor/conv2", 1, 256, 256)]
+TF_LAYERS = TF_ENCODER + TF_DETECTOR
 
 
-def random_tf_magicpoint(seed: int = 0) -> dict:
-    """The 60 variables of rpautrat's MagicPoint (kernels kh x kw x in x out), random values."""
+def random_tf_variables(seed: int = 0, prefix: str = "magicpoint", layers=TF_LAYERS) -> dict:
+    """rpautrat's variables (kernels kh x kw x in x out) with random values: by default the 60
+    of its MagicPoint."""
     rng = np.random.default_rng(seed)
     out = {}
-    for name, k, cin, cout in TF_LAYERS:
-        p = f"magicpoint/{name}/"
+    for name, k, cin, cout in layers:
+        p = f"{prefix}/{name}/"
         out[p + "conv/kernel"] = rng.normal(0, 1 / np.sqrt(k * k * cin), (k, k, cin, cout)).astype(np.float32)
         out[p + "conv/bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
         out[p + "bn/gamma"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
@@ -115,25 +118,33 @@ def random_tf_magicpoint(seed: int = 0) -> dict:
     return out
 
 
-def tf_reference_semi(variables: dict, image255: np.ndarray) -> np.ndarray:
+def random_tf_magicpoint(seed: int = 0) -> dict:
+    return random_tf_variables(seed)
+
+
+def tf_reference(variables: dict, image255: np.ndarray, prefix: str = "magicpoint", head=TF_DETECTOR) -> np.ndarray:
     """The TF graph in numpy (float64, NHWC): conv 'SAME' with the stored kh x kw x in x out
-    kernel -> ReLU -> BN(eps 1e-3) per block, 2x2 max-pool after conv1_2 / 2_2 / 3_2, the
-    detector's conv2 without ReLU. ``image255``: H x W in [0, 255]. Returns Hc x Wc x 65."""
+    kernel -> ReLU -> BN(eps 1e-3) per block, 2x2 max-pool after conv1_2 / 2_2 / 3_2, then the
+    ``head``, whose last conv has no ReLU. ``image255``: H x W in [0, 255]. Returns Hc x Wc x C."""
     x = image255.astype(np.float64)[:, :, None]
-    for name, k, _, _ in TF_LAYERS:
-        v = {n: variables[f"magicpoint/{name}/{n}"].astype(np.float64)
+    for i, (name, k, _, _) in enumerate(TF_ENCODER + head):
+        v = {n: variables[f"{prefix}/{name}/{n}"].astype(np.float64)
              for n in ("conv/kernel", "conv/bias", "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance")}
         pad = k // 2
         xp = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
         patches = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(0, 1))  # H x W x C x kh x kw
         x = np.einsum("hwcij,ijco->hwo", patches, v["conv/kernel"]) + v["conv/bias"]
-        if name != "detector/conv2":
+        if i != len(TF_ENCODER) + len(head) - 1:
             x = np.maximum(x, 0)
         x = (x - v["bn/moving_mean"]) / np.sqrt(v["bn/moving_variance"] + 1e-3) * v["bn/gamma"] + v["bn/beta"]
         if name in ("vgg/conv1_2", "vgg/conv2_2", "vgg/conv3_2"):
             h, w, c = x.shape
             x = x.reshape(h // 2, 2, w // 2, 2, c).max(axis=(1, 3))
     return x
+
+
+def tf_reference_semi(variables: dict, image255: np.ndarray) -> np.ndarray:
+    return tf_reference(variables, image255)
 
 
 def _semi(model, image01: np.ndarray) -> np.ndarray:
@@ -219,6 +230,21 @@ def test_tf_magicpoint_conversion_matches_the_tf_graph(tmp_path, capsys):
     assert float(model.input_scale) == 255.0
     image = np.random.default_rng(1).uniform(0, 1, (24, 32))
     _close(_semi(model, image).transpose(1, 2, 0), tf_reference_semi(variables, image * 255.0))
+
+
+def test_tf_superpoint_with_descriptor_converts_both_heads(tmp_path):
+    """An rpautrat SuperPoint (``superpoint/`` scope, descriptor head present): nothing untrained."""
+    variables = random_tf_variables(4, "superpoint", TF_LAYERS + TF_DESCRIPTOR)
+    write_bundle(tmp_path / "saved", variables)
+    cw.convert(tmp_path / "saved", tmp_path / "sp.pth")
+    model, obj = _converted_model(tmp_path / "sp.pth")
+    assert obj["converted_from"]["untrained"] == []
+    image = np.random.default_rng(2).uniform(0, 1, (16, 24))
+    with torch.no_grad():
+        desc = model(torch.from_numpy(image.astype(np.float32))[None, None])["desc"][0].numpy().transpose(1, 2, 0)
+    ref = tf_reference(variables, image * 255.0, "superpoint", TF_DESCRIPTOR)
+    _close(desc, ref / np.linalg.norm(ref, axis=-1, keepdims=True))
+    _close(_semi(model, image).transpose(1, 2, 0), tf_reference(variables, image * 255.0, "superpoint"))
 
 
 def test_tf_magicpoint_descriptor_head_is_seeded(tmp_path):
@@ -487,15 +513,26 @@ def test_joint_training_starts_from_a_converted_magicpoint(tmp_path, monkeypatch
     monkeypatch.setitem(datasets.DATASETS, "squares", "tests.fixtures.squares:Squares")
     write_bundle(tmp_path / "saved", random_tf_magicpoint())
     cw.convert(tmp_path / "saved", tmp_path / "mp.pth")
-    cfg = load_config(None, [
+    overrides = [
         "data.dataset=squares", "data.warped_pair.enable=true", "model.name=SuperPointNet_gauss2",
         "model.batch_size=2", "model.eval_batch_size=2", "num_workers=0", "precision=fp32", "device=cpu",
-        "train_iter=2", "save_interval=2", "tensorboard_interval=100", "validation_interval=100",
+        "train_iter=1", "save_interval=1", "tensorboard_interval=100", "validation_interval=100",
         "model.lambda_loss=1", "model.sparse_loss.enable=true", "model.sparse_loss.params.num_matching_attempts=20",
-        "model.sparse_loss.params.num_masked_non_matches_per_match=5", f"pretrained={tmp_path / 'mp.pth'}"])
-    Trainer(cfg, "from_tf", SuperPointTask(cfg)).train()
+        "model.sparse_loss.params.num_masked_non_matches_per_match=5", f"pretrained={tmp_path / 'mp.pth'}"]
+    cfg = load_config(None, overrides)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared, busy CPU: one intra-op thread is faster
+    try:
+        Trainer(cfg, "from_tf", SuperPointTask(cfg)).train()
+    finally:
+        torch.set_num_threads(threads)
     ck = load_checkpoint(latest_checkpoint(settings.exper_path() / "from_tf" / "checkpoints"))
-    assert ck["n_iter"] == 2 and ck["config"]["model"]["name"] == "SuperPointTF"
+    assert ck["n_iter"] == 1 and ck["config"]["model"]["name"] == "SuperPointTF"
     assert float(ck["model_state_dict"]["input_scale"]) == 255.0
     start = torch.load(tmp_path / "mp.pth", weights_only=True)["model_state_dict"]
     assert not torch.equal(ck["model_state_dict"]["detector.1.conv.weight"], start["detector.1.conv.weight"])
+    # resuming with the same (gauss2) config rebuilds the layout its checkpoint records
+    cfg = load_config(None, overrides + ["train_iter=2"])
+    Trainer(cfg, "from_tf", SuperPointTask(cfg)).train()
+    ck = load_checkpoint(latest_checkpoint(settings.exper_path() / "from_tf" / "checkpoints"))
+    assert ck["n_iter"] == 2 and ck["config"]["model"]["name"] == "SuperPointTF"

@@ -148,7 +148,8 @@ class Trainer:
             return mcfg
         layout = model_config_for(mcfg, read_weights(source, bool(self.config.get("weights_only", True))))
         if layout is not mcfg:
-            self._log(f"model.name: {mcfg.get('name')} -> {layout['name']}, the layout recorded by {source}")
+            self._log(f"model: {mcfg.get('name')} {mcfg.get('params') or {}} -> {layout['name']} "
+                      f"{layout['params']}, the layout recorded by {source}")
             self.config["model"] = layout
         return layout
 
