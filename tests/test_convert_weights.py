@@ -472,12 +472,14 @@ def test_magicleap_conversion(tmp_path):
 
 def test_unknown_or_corrupt_files_give_one_line_errors(tmp_path, capsys):
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage" * 10)
+    (tmp_path / "model.tar.gz").write_bytes(b"\x1f\x8b truncated")
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     torch.save(_random_state(open_spec(), 1), tmp_path / "open.pth")
     cases = [(["junk.pth"], "junk.pth: not a readable PyTorch weights file"),
              (["other.pth"], "other.pth: unrecognised weights"),
              (["open.pth", "--format", "magicleap"], "open.pth: not a magicleap state dict"),
              (["missing.pth"], "missing.pth: weights not found"),
+             (["model.tar.gz"], "model.tar.gz: not a readable tar archive"),
              (["open.pth", "--input-scale", "0"], "--input-scale: must be > 0")]
     for args, message in cases:
         argv = [str(tmp_path / args[0]), str(tmp_path / "out.pth")] + args[1:]

@@ -32,6 +32,7 @@ BLOCK_TRAILER_SIZE = 5
 DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?", 14: "<u2",
           17: "<u2", 19: "<f2", 22: "<u4", 23: "<u8"}
 BFLOAT16 = 14  # stored as the upper 16 bits of a float32
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 class BundleError(ValueError):
@@ -281,6 +282,8 @@ def open_bundle(path: str | Path, verify: bool = True) -> TensorBundle:
         raise BundleError(f"{path}: not found")
     if path.is_file() and tarfile.is_tarfile(path):
         return _open_tar(path, verify)
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        raise BundleError(f"{path}: not a readable tar archive (corrupt or truncated)")
     if path.is_dir():
         index = next((p for p in (path / "variables" / "variables.index", path / "variables.index")
                       if p.is_file()), None)
