@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model, load_weights
+from models import build_model
 from utils import convert_weights as cw
 from utils.tf_bundle import BundleError, crc32c, mask_crc, open_bundle, read_table
 
@@ -378,7 +378,8 @@ def gauss2_spec():
     spec = []
     for s, (cin, cout) in enumerate(ENCODER):
         p = "inc.conv.conv" if s == 0 else f"down{s}.mpconv.1.conv"
-        spec += _conv(f"{p}.0", cin, cout, 3) + _bn(f"{p}.1", cout) + _conv(f"{p}.3", cout, cout, 3) + _bn(f"{p}.4", cout)
+        spec += _conv(f"{p}.0", cin, cout, 3) + _bn(f"{p}.1", cout)
+        spec += _conv(f"{p}.3", cout, cout, 3) + _bn(f"{p}.4", cout)
     spec += _conv("convPa", 128, 256, 3) + _bn("bnPa", 256) + _conv("convPb", 256, 65, 1) + _bn("bnPb", 65)
     spec += _conv("convDa", 128, 256, 3) + _bn("bnDa", 256) + _conv("convDb", 256, 256, 1) + _bn("bnDb", 256)
     return spec
