@@ -34,13 +34,12 @@ if __package__ in (None, ""):  # run as a script: import the project, not utils/
 
 import argparse  # noqa: E402
 import re  # noqa: E402
-import tarfile  # noqa: E402
 
 import torch  # noqa: E402
 
 from utils.cli import UserError, main_guard, one_line  # noqa: E402
 from utils.io import atomic_torch_save  # noqa: E402
-from utils.tf_bundle import ARCHIVE_SUFFIXES  # noqa: E402
+from utils.tf_bundle import ARCHIVE_SUFFIXES, is_bundle_archive  # noqa: E402
 
 FORMATS = ("tf_savedmodel", "superpoint_open", "eric_yyjau", "magicleap")
 
@@ -168,8 +167,7 @@ def detect_format(src: Path, allow_pickle: bool = False) -> str:
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: weights not found")
-    if (src.is_dir() or src.name.endswith((".index",) + ARCHIVE_SUFFIXES)
-            or (src.is_file() and tarfile.is_tarfile(src))):
+    if src.is_dir() or src.name.endswith((".index",) + ARCHIVE_SUFFIXES) or is_bundle_archive(src):
         return "tf_savedmodel"
     obj = _torch_load(src, allow_pickle)
     is_checkpoint = isinstance(obj, dict) and "model_state_dict" in obj

@@ -32,7 +32,7 @@ BLOCK_TRAILER_SIZE = 5
 DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?", 14: "<u2",
           17: "<u2", 19: "<f2", 22: "<u4", 23: "<u8"}
 BFLOAT16 = 14  # stored as the upper 16 bits of a float32
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")  # (not ".tar": eric-yyjau names torch files .pth.tar)
 
 
 class BundleError(ValueError):
@@ -268,6 +268,17 @@ class TensorBundle:
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {name: self.tensor(name) for name in sorted(self.entries)}
+
+
+def is_bundle_archive(path: str | Path) -> bool:
+    """True for a tar archive that holds a ``variables.index``."""
+    try:
+        if not tarfile.is_tarfile(path):
+            return False
+        with tarfile.open(path) as tar:
+            return any(n.endswith("variables.index") for n in tar.getnames())
+    except (tarfile.TarError, EOFError, OSError):
+        return False
 
 
 def _shard_names(num_shards: int) -> list[str]:
