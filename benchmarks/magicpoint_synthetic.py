@@ -58,13 +58,84 @@ def test_split_config(config: dict) -> dict:
     return {**config, "data": {**data, "generation": gen}}
 
 
+# The reference's detector evaluation (rpautrat/SuperPoint: detector_evaluation.py and the notebook
+# detector_evaluation_magic_point.ipynb), for figures comparable with its published mAP.
+REFERENCE_NMS_BOX = 4        # box NMS: 4 x 4 boxes centred on the candidates ...
+REFERENCE_NMS_IOU = 0.1      # ... a box overlapping a better one by IoU > 0.1 is suppressed
+REFERENCE_MIN_PROB = 1e-3    # candidates of the NMS (the model's detection_threshold there)
+
+
+def reference_detections(heat: torch.Tensor) -> list[np.ndarray]:
+    """The reference's box NMS on a heatmap ``B x 1 x H x W`` -> per image ``N x 3`` (x, y, score)."""
+    from torchvision.ops import nms
+
+    out = []
+    for h in heat[:, 0]:
+        yx = torch.nonzero(h >= REFERENCE_MIN_PROB).float()
+        scores = h[h >= REFERENCE_MIN_PROB]  # same row-major order as nonzero
+        half = REFERENCE_NMS_BOX / 2
+        keep = nms(torch.cat([yx - half, yx + half], 1), scores, REFERENCE_NMS_IOU)
+        out.append(torch.cat([yx[keep].flip(1), scores[keep, None]], 1).numpy())
+    return out
+
+
+class ReferenceAccumulator:
+    """The reference's precision / recall / mAP (same ``add`` / ``result`` as DetectionAccumulator).
+
+    Differences from ours: the ground truth is rasterised to pixels (one per pixel); a detection,
+    visited by decreasing score, is compared with the first ground-truth pixel (row-major) within
+    ``distance`` only and is correct if that one is not taken yet; AP uses the interpolated
+    precision (the running maximum from the low-score end).
+    """
+
+    def __init__(self, distance: float = 2.0):
+        self.distance = distance
+        self.scores, self.correct = [], []
+        self.num_gt = self.num_images = 0
+
+    def add(self, points, scores, gt) -> None:
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        points, scores = points[order], scores[order]
+        gt = np.unique(np.round(np.asarray(gt, np.float64).reshape(-1, 2))[:, ::-1], axis=0)[:, ::-1]  # row-major
+        correct = np.zeros(len(points), bool)
+        if len(gt) and len(points):
+            close = np.linalg.norm(points[:, None] - gt[None], axis=-1) <= self.distance
+            first = np.argmax(close, axis=1)
+            taken = np.zeros(len(gt), bool)
+            for i in np.flatnonzero(close.any(axis=1)):  # few candidates; the order matters
+                correct[i] = not taken[first[i]]
+                taken[first[i]] = True
+        self.scores.append(scores)
+        self.correct.append(correct)
+        self.num_gt += len(gt)
+        self.num_images += 1
+
+    def result(self, threshold: float = 0.0) -> dict:
+        scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
+        correct = np.concatenate(self.correct) if self.correct else np.zeros(0, bool)
+        order = np.argsort(-scores, kind="stable")
+        tp = np.cumsum(correct[order])
+        precision = np.concatenate([[0.0], tp / np.arange(1, len(tp) + 1), [0.0]])
+        recall = np.concatenate([[0.0], tp / max(self.num_gt, 1), [1.0]])
+        precision = np.maximum.accumulate(precision[::-1])[::-1]
+        keep = scores >= threshold
+        n_det, n_tp = int(keep.sum()), int(correct[keep].sum())
+        return {"precision": n_tp / n_det if n_det else 0.0, "recall": n_tp / self.num_gt if self.num_gt else 0.0,
+                "mAP": float(np.sum(precision[1:] * np.diff(recall))) if self.num_gt else 0.0,
+                "num_detections": n_det, "num_ground_truth": self.num_gt, "num_images": self.num_images}
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, config: dict, distances=(2.0, 4.0), max_images: int | None = None,
-             batch_size: int = 32, dataset=None) -> dict:
+             batch_size: int = 32, dataset=None, protocol: str = "ours") -> dict:
     """mAP / precision / recall on the test split, overall and per primitive, at each distance.
 
     Args:
         dataset: the test dataset (built from ``config`` when None); ``max_images``: its first N.
+        protocol: ``ours`` (greedy NMS of the config's radius, ``DetectionAccumulator``) or
+            ``reference`` (the reference's box NMS and ``ReferenceAccumulator``).
     Returns:
         ``{distance: {"all": result, <primitive>: result, ...}}``, each result a
         ``DetectionAccumulator.result`` at the config's ``model.detection_threshold``.
@@ -73,19 +144,26 @@ def evaluate(model: torch.nn.Module, config: dict, distances=(2.0, 4.0), max_ima
     dataset = get_dataset(config, "test") if dataset is None else dataset
     n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     mcfg = config["model"]
-    overall = {d: DetectionAccumulator(d) for d in distances}
+    if protocol not in ("ours", "reference"):
+        raise ValueError(f"protocol: expected 'ours' or 'reference', got {protocol!r}")
+    accumulator = DetectionAccumulator if protocol == "ours" else ReferenceAccumulator
+    overall = {d: accumulator(d) for d in distances}
     per = {d: {} for d in distances}
     for start in range(0, n, batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, n))])
         heat = semi_to_heatmap(model(batch["image"])["semi"])
-        kp = extract_keypoints(heat, MAP_MIN_SCORE, int(mcfg["nms"]), int(mcfg.get("remove_borders", 0)))
-        for b, pts in enumerate(kp.to_list()):
+        if protocol == "ours":
+            detections = extract_keypoints(heat, MAP_MIN_SCORE, int(mcfg["nms"]),
+                                           int(mcfg.get("remove_borders", 0))).to_list()
+        else:
+            detections = reference_detections(heat)
+        for b, pts in enumerate(detections):
             gt = batch["keypoints"][b][batch["keypoint_mask"][b]].numpy()
-            pts = pts.numpy()
+            pts = np.asarray(pts)
             primitive = batch["name"][b].split("/")[0]
             for d in distances:  # one detection pass, scored at every distance
                 overall[d].add(pts[:, :2], pts[:, 2], gt)
-                per[d].setdefault(primitive, DetectionAccumulator(d)).add(pts[:, :2], pts[:, 2], gt)
+                per[d].setdefault(primitive, accumulator(d)).add(pts[:, :2], pts[:, 2], gt)
     thr = float(mcfg["detection_threshold"])
     return {d: {"all": overall[d].result(thr), **{k: v.result(thr) for k, v in sorted(per[d].items())}}
             for d in distances}
@@ -149,6 +227,9 @@ def main(argv=None) -> int:
     p.add_argument("--distances", nargs="+", type=float, default=[2.0, 4.0],
                    help="correctness distances in pixels (default: 2 4)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N test images only")
+    p.add_argument("--protocol", choices=["ours", "reference"], default="ours",
+                   help="ours: greedy NMS (config radius), one-to-one nearest matching, plain AP; reference: "
+                        "the reference notebook's box NMS, matching and interpolated AP")
     p.add_argument("--train-minutes", type=float, help="train from scratch for this long, then evaluate")
     p.add_argument("--name", default="bench_magicpoint", help="experiment folder for --train-minutes")
     p.add_argument("--throughput", action="store_true")
@@ -184,11 +265,13 @@ def main(argv=None) -> int:
         for w in weights:
             path = resolve_pretrained({"pretrained": w}, "the benchmark")
             model = load_pretrained(config["model"], path)
-            results[w] = evaluate(model, eval_config, args.distances, args.max_images, dataset=dataset)
+            results[w] = evaluate(model, eval_config, args.distances, args.max_images, dataset=dataset,
+                                  protocol=args.protocol)
             print(f"evaluated {path} ({type(model).__name__})", file=sys.stderr, flush=True)
         n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
         setting = f"config {args.config}" + (f" with {', '.join(args.overrides)}" if args.overrides else "")
-        extra.insert(0, f"{setting}; the first {n} of the {len(dataset)} test images (fixed shuffle)")
+        extra.insert(0, f"{setting}; the first {n} of the {len(dataset)} test images (fixed shuffle); "
+                        f"protocol {args.protocol}")
         out.append(compare_report(results, "Synthetic Shapes test split", extra))
     print("\n\n".join(out))
     return 0

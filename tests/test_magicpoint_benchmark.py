@@ -5,6 +5,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,43 @@ def test_test_split_config_keeps_the_test_images():
     only = bench.test_split_config(config)
     assert generation_settings(only)["split_sizes"] == {"training": 0, "validation": 0, "test": 500}
     assert config["data"]["generation"]["split_sizes"]["training"] == 10000  # input untouched
+
+
+def test_reference_box_nms_keeps_what_iou_0_1_allows():
+    # 4 x 4 boxes: 2 px apart overlap by IoU 8/24, 3 px by 4/28 (> 0.1, suppressed); 4 px apart not at all
+    bench = _bench()
+    heat = torch.zeros(1, 1, 16, 16)
+    for x, y, s in [(5, 5, 0.9), (7, 5, 0.8), (9, 5, 0.7), (5, 8, 0.6), (5, 9, 0.5), (12, 12, 0.0005)]:
+        heat[0, 0, y, x] = s
+    (kept,) = bench.reference_detections(heat)
+    np.testing.assert_allclose(kept, [[5, 5, 0.9], [9, 5, 0.7], [5, 9, 0.5]], rtol=1e-6)
+
+
+def test_reference_accumulator_first_match_and_interpolated_precision():
+    bench = _bench()
+    # first match: both detections lie within 2 px of ground truth (0, 0), the first in row-major
+    # order; the second is false although (2, 0) is free (ours: both correct)
+    ref, ours = bench.ReferenceAccumulator(2.0), bench.DetectionAccumulator(2.0)
+    for acc in (ref, ours):
+        acc.add([[1, 0], [2, 0]], [0.9, 0.8], [[2, 0], [0, 0]])
+    # P = 1, 1/2 at R = 1/2, 1/2 -> AP 1/2; ours 1
+    assert ref.result()["mAP"] == pytest.approx(0.5) and ours.result()["mAP"] == pytest.approx(1.0)
+    # interpolation: TP, FP, FP, TP, TP on 3 points -> raw P 1, 1/2, 1/3, 1/2, 3/5 at R 1/3 .. 1;
+    # the envelope lifts P at R = 2/3 to 3/5: AP = (1 + 3/5 + 3/5) / 3 = 11/15 (ours: (1 + 1/2 + 3/5) / 3)
+    ref, ours = bench.ReferenceAccumulator(2.0), bench.DetectionAccumulator(2.0)
+    for acc in (ref, ours):
+        acc.add([[0, 0], [12, 12], [14, 14], [8, 0], [0, 8]], [0.9, 0.8, 0.7, 0.6, 0.5], [[0, 0], [8, 0], [0, 8]])
+    assert ref.result()["mAP"] == pytest.approx(11 / 15) and ours.result()["mAP"] == pytest.approx(0.7)
+    r = ref.result(0.65)  # three detections above 0.65, one correct
+    assert (r["precision"], r["recall"], r["num_detections"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3), 3)
+
+
+def test_evaluate_with_the_reference_protocol():
+    # the placed detections of the first test, scored the reference's way: same answers there
+    bench = _bench()
+    model = _PlacedDetections([(3, 3, 10.0, 0.0), (15, 12, 10.0, 9.0)])
+    res = bench.evaluate(model, CONFIG, distances=(2.0, 4.0), dataset=[_item([[3, 3], [12, 12]])],
+                         protocol="reference")
+    assert res[2.0]["all"]["mAP"] == pytest.approx(0.5) and res[4.0]["all"]["mAP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="protocol"):
+        bench.evaluate(model, CONFIG, dataset=[_item([[3, 3]])], protocol="theirs")
