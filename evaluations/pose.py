@@ -32,8 +32,7 @@ from evaluations.descriptor import descriptor_distances, mutual_nearest_neighbou
 from evaluations.detector import top_k_indices
 from evaluations.predictions import PosePairPredictions, check_keys, list_prediction_files, load_pose_pair
 from utils.config import ConfigError, load_config
-from utils.geometry import (normalize_points, rotation_angle_error, symmetric_epipolar_error,
-                            translation_angle_error)
+from utils.geometry import normalize_points, rotation_angle_error, symmetric_epipolar_error, translation_angle_error
 
 SCHEMA_VERSION = 1
 ESTIMATORS = ("ransac", "magsac")
@@ -303,8 +302,11 @@ def format_pose_table(results: dict) -> str:
     row = [str(results["num_pairs"]), str(s["top_k"] or "all")]
     row += [_fmt(v) for v in m["pose_auc"].values()] + [_fmt(m["precision"]), _fmt(m["mean_matches"], 1)]
     widths = [max(len(h), len(r)) for h, r in zip(head, row)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(head), sep, line(row)])
 
 
@@ -317,7 +319,8 @@ def format_pose_report(results: dict) -> str:
     lines += ["", format_pose_table(results), "",
               f"pose failures (infinite error): {m['pose_failures']} of {results['num_pairs']}",
               f"median pose error: {_fmt(m['median_pose_error'], 2)} deg",
-              f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, mean inliers of the recovered pose (RANSAC + cheirality) {_fmt(m['mean_inliers'], 1)}",
+              f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, "
+              f"mean inliers of the recovered pose (RANSAC + cheirality) {_fmt(m['mean_inliers'], 1)}",
               "", "====== per pair ======"]
     for p in results["per_pair"]:
         lines.append(f"{p['file']}  {p['name'] or ''}  err_R={_fmt(p['error_R'], 2)}  err_t={_fmt(p['error_t'], 2)}  "

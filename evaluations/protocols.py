@@ -68,7 +68,8 @@ class EvaluationSettings:
             raise ConfigError(f"evaluation.homography_auc.estimator: expected ransac or dlt, "
                               f"got {self.homography_estimator!r}")
         if len(self.reference_image_size) != 2 or min(self.reference_image_size) < 2:
-            raise ConfigError(f"evaluation.reference.image_size: expected [H, W], got {list(self.reference_image_size)}")
+            raise ConfigError("evaluation.reference.image_size: expected [H, W], "
+                              f"got {list(self.reference_image_size)}")
 
     @property
     def match_thresh(self) -> float | None:

@@ -19,10 +19,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from exporters.predictions import (
+    base_record,
+    count_pairs,
+    iterate_pairs,
+    keypoint_fields,
+    pair_dataset,
+    prepare_output_dirs,
+    save_prediction,
+    save_preview,
+)
 from utils.cli import UserError
-
-from exporters.predictions import (base_record, count_pairs, iterate_pairs, keypoint_fields, pair_dataset,
-                                   prepare_output_dirs, save_prediction, save_preview)
 
 METHODS = ("sift", "orb")
 ALL_KEYPOINTS = 1_000_000  # OpenCV's ORB needs a positive budget; "all" in practice

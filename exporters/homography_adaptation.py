@@ -36,9 +36,9 @@ from tqdm import tqdm
 from datasets import get_dataset
 from datasets.keypoint_labels import label_path, save_keypoint_labels
 from models import load_pretrained
-from training.checkpoints import resolve_pretrained
 from models.frontend import keypoint_settings
 from models.homography_adaptation import homography_adaptation, prepare_detector
+from training.checkpoints import resolve_pretrained
 from utils.cli import UserError, autocast_dtype, resolve_device
 from utils.io import ImageReadError, atomic_imwrite
 from utils.keypoints import extract_keypoints

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from evaluation_cases import perfect_arrays
+
 from evaluation import main
 from utils.io import atomic_save_npz
 

@@ -1,11 +1,19 @@
 """Descriptor metrics on hand-made cases: distances, matching, homography accuracy, NN mAP, MS."""
 import numpy as np
 import pytest
-
 from evaluation_cases import H_PERSP, make_pair, perfect_arrays, unit_rows
-from evaluations.descriptor import (Matches, average_precision, corner_error, descriptor_distances,
-                                    estimate_homography, homography_accuracy, matching_score,
-                                    mutual_nearest_neighbours, nn_average_precision)
+
+from evaluations.descriptor import (
+    Matches,
+    average_precision,
+    corner_error,
+    descriptor_distances,
+    estimate_homography,
+    homography_accuracy,
+    matching_score,
+    mutual_nearest_neighbours,
+    nn_average_precision,
+)
 from evaluations.pair_metrics import evaluate_pair
 from evaluations.protocols import EvaluationSettings
 from utils.geometry import warp_points

@@ -2,8 +2,8 @@
 import cv2
 import numpy as np
 import pytest
-
 from evaluation_cases import make_pair, unit_rows
+
 from evaluations.hpatches_report import aggregate
 from evaluations.pair_metrics import evaluate_pair
 from evaluations.protocols import EvaluationSettings, load_settings
@@ -50,7 +50,6 @@ def test_reference_corner_error_uses_a_fixed_240x320_frame():
     # detections follow a 1 % scaling about the origin, but the file's homography is the identity:
     # the estimate is the scaling, whose corner error depends on which corners are measured
     rng = np.random.default_rng(0)
-    S = np.diag([1.01, 1.01, 1.0])
     p1 = spread_points(rng, 40, [0, 0], [600, 450], 20)
     d = unit_rows(rng.normal(size=(40, 32)))
     pair = make_pair(p1, p1 * 1.01, d, d, np.eye(3), size=(480, 640))

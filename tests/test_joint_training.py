@@ -12,12 +12,12 @@ from datasets.augmentation import Randomness
 from datasets.collate import collate
 from models import build_model, extract_state_dict
 from models.frontend import FrontendOutput
+from tests.fixtures.recorder import Recorder
 from training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from training.superpoint import SuperPointTask, matching_counts, mutual_nn_matches
 from training.trainer import Trainer
 from utils.config import ConfigError, load_config
 from utils.keypoints import Keypoints
-from tests.fixtures.recorder import Recorder
 
 CPU = torch.device("cpu")
 

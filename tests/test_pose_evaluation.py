@@ -6,11 +6,16 @@ import pytest
 
 from evaluation import main
 from evaluations.descriptor import mutual_nearest_neighbours
-from evaluations.pose import (PoseSettings, estimate_relative_pose, evaluate_pose_folder, relative_pose_error)
+from evaluations.pose import PoseSettings, estimate_relative_pose, evaluate_pose_folder, relative_pose_error
 from tests.evaluation_cases import perfect_arrays, unit_rows
 from utils.config import ConfigError
-from utils.geometry import (resize_matrix, scale_intrinsics, symmetric_epipolar_error, translation_angle_error,
-                            rotation_angle_error)
+from utils.geometry import (
+    resize_matrix,
+    rotation_angle_error,
+    scale_intrinsics,
+    symmetric_epipolar_error,
+    translation_angle_error,
+)
 from utils.io import atomic_save_npz
 
 # the first pair of SuperGlue's ScanNet sample list (scene0711_00 frames 1680 / 1995), 1296 x 968
@@ -85,7 +90,8 @@ def test_angle_errors_by_hand():
     assert translation_angle_error(rotation([0, 0, 1], 10.0) @ t, t) == pytest.approx(
         np.degrees(np.arccos((rotation([0, 0, 1], 10.0) @ t) @ t / (t @ t))))
     assert translation_angle_error(-t, t) == pytest.approx(0.0, abs=1e-6)  # the sign is free
-    assert translation_angle_error(rotation([1, 0, 0], 170.0) @ np.array([0, 0, 1.0]), [0, 0, 1.0]) == pytest.approx(10.0)
+    tilted = rotation([1, 0, 0], 170.0) @ np.array([0, 0, 1.0])
+    assert translation_angle_error(tilted, [0, 0, 1.0]) == pytest.approx(10.0)
     assert relative_pose_error(np.eye(4), None, None) == (float("inf"), float("inf"))
 
 

@@ -23,9 +23,9 @@ import torch
 
 from datasets.augmentation import Randomness
 from evaluations.keypoint_detection import DetectionAccumulator
+from evaluations.segmentation import confusion_matrix, scores_from_confusion
 from models.frontend import Frontend, FrontendOutput, keypoint_settings
 from training.descriptor_losses import dense_descriptor_loss, sample_sparse_pairs, sparse_descriptor_loss
-from evaluations.segmentation import confusion_matrix, scores_from_confusion
 from training.losses_segmentation import segmentation_loss
 from training.magicpoint import DetectorTask
 from utils.config import ConfigError
