@@ -16,7 +16,6 @@ from evaluations.descriptor import (
     descriptor_distances,
     estimate_homography,
     matching_score,
-    mutual_nearest_neighbours,
     nn_average_precision,
     unit_descriptor_distances,
 )
@@ -24,6 +23,7 @@ from evaluations.detector import in_other_image, repeatability as repeatability_
 from evaluations.predictions import PairPredictions
 from evaluations.protocols import EvaluationSettings
 from utils.geometry import homography_dlt, inside_image, warp_points
+from utils.matching import mutual_nearest_neighbours
 
 
 @dataclass

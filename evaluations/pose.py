@@ -3,7 +3,7 @@
 Per pair (``export_pairs`` predictions, :func:`evaluations.predictions.load_pose_pair`):
 
 1. the k best points of each image (``evaluation.top_k``) are matched by mutual nearest neighbour
-   (:func:`evaluations.descriptor.mutual_nearest_neighbours`; ``evaluation.nn_thresh`` and
+   (:func:`utils.matching.mutual_nearest_neighbours`; ``evaluation.nn_thresh`` and
    ``evaluation.pose.ratio`` optional);
 2. the essential matrix is estimated with OpenCV on normalised coordinates, the RANSAC threshold
    given in pixels and divided by the mean focal length of the pair, then the pose is recovered
@@ -28,11 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluations.auc import error_auc
-from evaluations.descriptor import descriptor_distances, mutual_nearest_neighbours
+from evaluations.descriptor import descriptor_distances
 from evaluations.detector import top_k_indices
 from evaluations.predictions import PosePairPredictions, check_keys, list_prediction_files, load_pose_pair
 from utils.config import ConfigError, load_config
 from utils.geometry import normalize_points, rotation_angle_error, symmetric_epipolar_error, translation_angle_error
+from utils.matching import mutual_nearest_neighbours
 
 SCHEMA_VERSION = 1
 ESTIMATORS = ("ransac", "magsac")

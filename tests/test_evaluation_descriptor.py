@@ -11,12 +11,12 @@ from evaluations.descriptor import (
     estimate_homography,
     homography_accuracy,
     matching_score,
-    mutual_nearest_neighbours,
     nn_average_precision,
 )
 from evaluations.pair_metrics import evaluate_pair
 from evaluations.protocols import EvaluationSettings
 from utils.geometry import warp_points
+from utils.matching import mutual_nearest_neighbours
 
 
 def test_l2_and_hamming_distances_by_hand():

@@ -159,7 +159,10 @@ def test_sift_recovers_boat_homography(shared_data):
     np.testing.assert_array_equal(rec["matches"], np.concatenate([rec["prob"][idx[:, 0], :2],
                                                                    rec["warped_prob"][idx[:, 1], :2]], 1))
 
+    # an independent brute-force mutual NN finds the same pairs the exporter stored
     i, j = _mutual_nn(rec["desc"], rec["warped_desc"])
+    assert {tuple(p) for p in idx.tolist()} == set(zip(i.tolist(), j.tolist()))
+    assert np.all(np.diff(rec["match_distance"]) >= 0)
     H_est, _ = cv2.findHomography(rec["prob"][i, :2], rec["warped_prob"][j, :2], cv2.RANSAC, 3.0)
     h, w = rec["image"].shape
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)

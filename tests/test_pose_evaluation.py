@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from evaluation import main
-from evaluations.descriptor import mutual_nearest_neighbours
 from evaluations.pose import PoseSettings, estimate_relative_pose, evaluate_pose_folder, relative_pose_error
 from tests.evaluation_cases import perfect_arrays, unit_rows
 from utils.config import ConfigError
@@ -17,6 +16,7 @@ from utils.geometry import (
     translation_angle_error,
 )
 from utils.io import atomic_save_npz
+from utils.matching import mutual_nearest_neighbours
 
 # the first pair of SuperGlue's ScanNet sample list (scene0711_00 frames 1680 / 1995), 1296 x 968
 K_SCANNET = np.array([[1163.45, 0.0, 653.626], [0.0, 1164.79, 481.6], [0.0, 0.0, 1.0]])

@@ -30,6 +30,7 @@ from training.losses_segmentation import segmentation_loss
 from training.magicpoint import DetectorTask
 from utils.config import ConfigError
 from utils.geometry import warp_points
+from utils.matching import mutual_nn
 from utils.segmentation_labels import num_classes
 
 
@@ -41,19 +42,10 @@ def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.
         desc_a ``B x Ka x D``, mask_a ``B x Ka`` bool; desc_b ``B x Kb x D``, mask_b ``B x Kb``.
     Returns:
         (``B x Ka`` index of each A keypoint's nearest neighbour in B, ``B x Ka`` bool: the pair
-        is mutual and both keypoints are real).
+        is mutual and both keypoints are real); see :func:`utils.matching.mutual_nn`.
     """
-    B, Ka = desc_a.shape[:2]
-    Kb = desc_b.shape[1]
-    if Ka == 0 or Kb == 0:
-        return (torch.zeros(B, Ka, dtype=torch.long, device=desc_a.device),
-                torch.zeros(B, Ka, dtype=torch.bool, device=desc_a.device))
-    sim = torch.bmm(desc_a.float(), desc_b.float().transpose(1, 2))
-    sim = sim.masked_fill(~(mask_a.unsqueeze(2) & mask_b.unsqueeze(1)), float("-inf"))
-    ab = sim.argmax(dim=2)  # B Ka
-    ba = sim.argmax(dim=1)  # B Kb
-    mutual = ba.gather(1, ab) == torch.arange(Ka, device=desc_a.device).unsqueeze(0)
-    return ab, mutual & mask_a & mask_b.gather(1, ab)
+    # negated similarity as the distance: the same order as the L2 distance of unit descriptors
+    return mutual_nn(-torch.bmm(desc_a.float(), desc_b.float().transpose(1, 2)), mask_a, mask_b)
 
 
 def matching_counts(out_a: FrontendOutput, out_b: FrontendOutput, homography: torch.Tensor,
