@@ -3,6 +3,7 @@ the same run, bf16 / fp16 (with the loss scaler) stay finite, validation measure
 the COCO / KITTI configs carry the reference values."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from models import build_model, extract_state_dict
 from models.frontend import FrontendOutput
 from tests.fixtures.recorder import Recorder
 from training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
-from training.superpoint import SuperPointTask, matching_counts, mutual_nn_matches
+from training.superpoint import SuperPointTask, matches_overlay, matching_counts, mutual_nn_matches
 from training.trainer import Trainer
 from utils.config import ConfigError, load_config
 from utils.keypoints import Keypoints
@@ -132,6 +133,26 @@ def test_matching_accuracy_on_a_hand_made_pair():
     assert ab[0].tolist() == [0, 1, 3] and mutual.all()
     assert matching_counts(a, b, H, 3.0) == (2, 3)  # (41, 26) is 1.4 px from (40, 25)
     assert matching_counts(a, b, H, 1.0) == (1, 3)
+
+
+def test_matches_overlay_draws_the_hand_made_pair():
+    H = torch.tensor([[[1.0, 0, 10], [0, 1, 5], [0, 0, 1]]])
+    a = outputs([[10, 10], [30, 20], [50, 40]], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    b = outputs([[20, 15], [41, 26], [60, 45], [5, 50]], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]])
+    img = torch.zeros(60, 70)
+    rgb = matches_overlay(img, img, a, b, H, 3.0)
+    assert rgb.shape == (60, 140, 3) and rgb.dtype == np.uint8
+    # A(10,10) -> B(20,15) correct: green at both ends; A(50,40) -> B(5,50) wrong: red
+    def strongest(x, y):  # brightest R, G, B around an end point (the lines are anti-aliased)
+        return rgb[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).max(0).astype(int)
+
+    for (x, y) in [(10, 10), (70 + 20, 15)]:
+        r, g, _ = strongest(x, y)
+        assert g > 150 and r < 60, (x, y, r, g)
+    for (x, y) in [(50, 40), (70 + 5, 50)]:
+        r, g, _ = strongest(x, y)
+        assert r > 150 and g < 60, (x, y, r, g)
+    assert rgb[55, 30].tolist() == [0, 0, 0]  # away from every line
 
 
 def test_padded_keypoints_never_match():

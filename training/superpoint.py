@@ -29,6 +29,7 @@ from training.descriptor_losses import dense_descriptor_loss, sample_sparse_pair
 from training.losses_segmentation import segmentation_loss
 from training.magicpoint import DetectorTask
 from utils.config import ConfigError
+from utils.draw import draw_matches
 from utils.geometry import warp_points
 from utils.matching import mutual_nn
 from utils.segmentation_labels import num_classes
@@ -65,27 +66,14 @@ def matching_counts(out_a: FrontendOutput, out_b: FrontendOutput, homography: to
 def matches_overlay(image_a: torch.Tensor, image_b: torch.Tensor, out_a: FrontendOutput, out_b: FrontendOutput,
                     homography: torch.Tensor, distance: float) -> np.ndarray:
     """A and B side by side (``H x 2W x 3`` uint8) with their mutual matches: green correct, red wrong."""
-    import cv2
-
-    def gray(img):
-        g = (img.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-        return np.stack([g] * 3, axis=-1)
-
-    rgb = np.ascontiguousarray(np.concatenate([gray(image_a), gray(image_b)], axis=1))
-    w = image_a.shape[-1]
     ka, kb = out_a.keypoints, out_b.keypoints
     ab, mutual = mutual_nn_matches(out_a.descriptors[:1], ka.mask[:1], out_b.descriptors[:1], kb.mask[:1])
-    if ab.shape[1] == 0:
-        return rgb
-    pa = ka.points[0].double()
-    pb = kb.points[0].double()[ab[0]]
+    keep = mutual[0]
+    pa = ka.points[0].double()[keep]
+    pb = kb.points[0].double()[ab[0][keep]]
     err = torch.linalg.norm(warp_points(pa, homography[0].to(pa.device).double()) - pb, dim=-1)
-    for i in torch.nonzero(mutual[0]).flatten().tolist():
-        color = (0, 255, 0) if float(err[i]) <= distance else (255, 0, 0)
-        xa, ya = (int(round(v)) for v in pa[i].tolist())
-        xb, yb = (int(round(v)) for v in pb[i].tolist())
-        cv2.line(rgb, (xa, ya), (xb + w, yb), color, 1)
-    return rgb
+    gray = [img.float().clamp(0, 1).cpu().numpy() for img in (image_a, image_b)]
+    return draw_matches(gray[0], gray[1], pa.cpu().numpy(), pb.cpu().numpy(), (err <= distance).cpu().numpy(), gap=0)
 
 
 class SuperPointTask(DetectorTask):
