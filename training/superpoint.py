@@ -32,7 +32,7 @@ from utils.config import ConfigError
 from utils.draw import draw_matches
 from utils.geometry import warp_points
 from utils.matching import mutual_nn
-from utils.segmentation_labels import num_classes
+from utils.segmentation_labels import IGNORE_INDEX, num_classes
 
 
 def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.Tensor,
@@ -108,7 +108,7 @@ class SuperPointTask(DetectorTask):
         seg = m.get("segmentation_head") or {}
         self.segmentation = bool(seg.get("enable", False))
         seg_data = self.data_cfg.get("segmentation") or {}
-        self.ignore_index = int(seg_data.get("ignore_index", 255))
+        self.ignore_index = int(seg_data.get("ignore_index", IGNORE_INDEX))
         if self.segmentation:
             label_set = str(seg_data.get("label_set", "cs34"))
             expected = num_classes(label_set)
