@@ -45,16 +45,17 @@ MAX_DRAWN_MATCHES = 300
 class PoseSettings:
     """What defines the pose numbers (``evaluation.pose`` plus the matching keys of ``evaluation``)."""
 
-    thresholds: tuple[float, ...] = (5.0, 10.0, 20.0)
-    estimator: str = "ransac"
-    ransac_threshold: float = 1.0
-    confidence: float = 0.99999
-    epipolar_threshold: float = 5e-4
-    ratio: float | None = None
-    top_k: int = 1000
-    nn_thresh: float | None = None
-    descriptor_metric: str = "l2"
-    sift: bool = False
+    # no defaults here: they live in configs/defaults/pose.yaml and evaluation.yaml (load_pose_settings)
+    thresholds: tuple[float, ...]
+    estimator: str
+    ransac_threshold: float
+    confidence: float
+    epipolar_threshold: float
+    ratio: float | None
+    top_k: int
+    nn_thresh: float | None
+    descriptor_metric: str
+    sift: bool
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -104,18 +105,18 @@ class PoseSettings:
 
 def pose_settings(config: dict, top_k: int | None = None, sift: bool = False) -> PoseSettings:
     """Settings from a loaded config (``evaluation`` section); ``top_k`` (not None) wins."""
-    ev = config.get("evaluation", {})
-    p = ev.get("pose", {})
+    ev = config["evaluation"]
+    p = ev["pose"]
     return PoseSettings(
-        thresholds=tuple(float(t) for t in p.get("thresholds", (5.0, 10.0, 20.0))),
-        estimator=p.get("estimator", "ransac"),
-        ransac_threshold=float(p.get("ransac_threshold", 1.0)),
-        confidence=float(p.get("confidence", 0.99999)),
-        epipolar_threshold=float(p.get("epipolar_threshold", 5e-4)),
-        ratio=None if p.get("ratio") is None else float(p["ratio"]),
-        top_k=int(top_k if top_k is not None else ev.get("top_k", 1000)),
-        nn_thresh=ev.get("nn_thresh"),
-        descriptor_metric=ev.get("descriptor_metric", "l2"),
+        thresholds=tuple(float(t) for t in p["thresholds"]),
+        estimator=p["estimator"],
+        ransac_threshold=float(p["ransac_threshold"]),
+        confidence=float(p["confidence"]),
+        epipolar_threshold=float(p["epipolar_threshold"]),
+        ratio=None if p["ratio"] is None else float(p["ratio"]),
+        top_k=int(top_k if top_k is not None else ev["top_k"]),
+        nn_thresh=ev["nn_thresh"],
+        descriptor_metric=ev["descriptor_metric"],
         sift=bool(sift),
     )
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from evaluation import main
-from evaluations.pose import PoseSettings, estimate_relative_pose, evaluate_pose_folder, relative_pose_error
+from evaluations.pose import estimate_relative_pose, evaluate_pose_folder, load_pose_settings, relative_pose_error
 from tests.evaluation_cases import perfect_arrays, unit_rows
 from utils.config import ConfigError
 from utils.geometry import (
@@ -137,7 +137,7 @@ def test_pose_folder_counts_failures_as_infinite(tmp_path):
     pred.mkdir()
     atomic_save_npz(pred / "0.npz", **pose_arrays(80, shift_last=30.0))  # one match 30 px off its line
     atomic_save_npz(pred / "1.npz", **pose_arrays(3, seed=1))             # 3 matches: no estimate
-    res = evaluate_pose_folder(pred, PoseSettings(), progress=False)
+    res = evaluate_pose_folder(pred, load_pose_settings(), progress=False)
     first, second = res["per_pair"]
     n = first["n_matches"]
     assert first["pose_ok"] and first["pose_error"] < 0.1
@@ -199,5 +199,6 @@ def test_error_colors_green_yellow_red():
 
 def test_pose_settings_checks():
     with pytest.raises(ConfigError, match="evaluation.pose.ratio"):
-        PoseSettings(ratio=1.5)
-    assert PoseSettings(nn_thresh=0.7, sift=True).match_thresh is None
+        load_pose_settings(["evaluation.pose.ratio=1.5"])
+    assert load_pose_settings(["evaluation.nn_thresh=0.7"]).match_thresh == 0.7
+    assert load_pose_settings(["evaluation.nn_thresh=0.7"], sift=True).match_thresh is None
