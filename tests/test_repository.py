@@ -24,3 +24,12 @@ def test_ruff_is_pinned_in_the_dev_requirements():
     pins = dict(line.split("==") for line in (REPO / "requirements_dev.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
     assert re.fullmatch(r"\d+\.\d+\.\d+", pins["ruff"])
+
+
+def test_reference_dataset_spellings_resolve_to_ours():
+    from datasets import DATASETS, canonical_name, dataset_class
+
+    assert canonical_name("SyntheticDataset_gaussian") == "synthetic_shapes"
+    assert canonical_name("Kitti_inh") == "kitti" and canonical_name("coco") == "coco"
+    assert dataset_class("patches_dataset") is dataset_class("hpatches")
+    assert all(canonical_name(n) == n for n in DATASETS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from datasets import canonical_name
 from datasets.augmentation import Randomness
 from evaluations.keypoint_detection import DetectionAccumulator
 from evaluations.segmentation import confusion_matrix, scores_from_confusion
@@ -125,7 +126,7 @@ class SuperPointTask(DetectorTask):
         # Items without keypoint labels (e.g. Cityscapes with data.labels unset) train only the
         # descriptor and segmentation heads: the detector loss is skipped for them.
         may_lack_labels = self.data_cfg.get("labels") is None and \
-            self.data_cfg.get("dataset") not in ("synthetic_shapes", "SyntheticDataset_gaussian", "SyntheticDataset")
+            canonical_name(self.data_cfg["dataset"]) != "synthetic_shapes"
         # parameters without gradient in some steps: DDP must be told
         self.unused_parameters = self.descriptor_loss_kind is None or may_lack_labels
 
