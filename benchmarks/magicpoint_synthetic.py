@@ -9,7 +9,7 @@
 
 Detections: NMS radius and border from the config's ``model:`` section, every score down to
 1e-4 enters the precision-recall curve; a detection is correct within 2 px of a ground-truth
-point not taken by a better one (``evaluations.keypoint_detection``). Precision / recall are
+point not taken by a better one (``evaluations.detection_pr``). Precision / recall are
 reported at the config's ``detection_threshold``. Prints markdown with machine and date.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import get_dataset  # noqa: E402
 from datasets.collate import collate  # noqa: E402
-from evaluations.keypoint_detection import DetectionAccumulator  # noqa: E402
+from evaluations.detection_pr import DetectionAccumulator  # noqa: E402
 from models import build_model, load_weights  # noqa: E402
 from training.magicpoint import MAP_MIN_SCORE  # noqa: E402
 from utils.config import load_config  # noqa: E402

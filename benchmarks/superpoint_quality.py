@@ -42,7 +42,7 @@ SIZE = "[240, 320]"
 
 
 def export_labels(magicpoint: Path, photos: Path, name: str, num: int) -> float:
-    from exporters.homography_adaptation import run
+    from exporters.detector_labels import run
 
     t0 = time.perf_counter()
     cfg = load_config(REPO / "configs/magicpoint_folder_export.yaml",

@@ -19,9 +19,9 @@ from evaluations.descriptor import (
     nn_average_precision,
     unit_descriptor_distances,
 )
-from evaluations.detector import in_other_image, repeatability as repeatability_of, top_k_indices
 from evaluations.predictions import PairPredictions
 from evaluations.protocols import EvaluationSettings
+from evaluations.repeatability import in_other_image, repeatability as repeatability_of, top_k_indices
 from utils.geometry import homography_dlt, inside_image, warp_points
 from utils.matching import mutual_nearest_neighbours
 

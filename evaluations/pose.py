@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from evaluations.auc import error_auc
 from evaluations.descriptor import descriptor_distances
-from evaluations.detector import top_k_indices
 from evaluations.predictions import PosePairPredictions, check_keys, list_prediction_files, load_pose_pair
+from evaluations.repeatability import top_k_indices
 from utils.config import ConfigError, load_config
 from utils.geometry import normalize_points, rotation_angle_error, symmetric_epipolar_error, translation_angle_error
 from utils.matching import mutual_nearest_neighbours

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from datasets import get_dataset
-from exporters import homography_adaptation as exporter
+from exporters import detector_labels as exporter
 from models import build_model
 from settings import exper_path
 from tests.fixtures.image_trees import FOLDER_NAMES, coco_tree, folder_tree, kitti_sfm_tree, write_image

@@ -2,7 +2,7 @@
 
 Loss: 65-way cell cross entropy on the (augmented) image, and on its warped copy when
 ``data.warped_pair.enable`` is set. Validation: precision / recall / mAP of the detections
-(``evaluations.keypoint_detection``) against the labels.
+(``evaluations.detection_pr``) against the labels.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from datasets import get_dataset
 from datasets.augmentation import Randomness
 from datasets.pairs import prepare_batch
-from evaluations.keypoint_detection import DetectionAccumulator
+from evaluations.detection_pr import DetectionAccumulator
 from training.losses import detector_loss
 from utils.draw import GREEN, RED, draw_keypoints
 from utils.keypoints import extract_keypoints, semi_to_heatmap

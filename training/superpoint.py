@@ -23,7 +23,7 @@ import torch
 
 from datasets import canonical_name
 from datasets.augmentation import Randomness
-from evaluations.keypoint_detection import DetectionAccumulator
+from evaluations.detection_pr import DetectionAccumulator
 from evaluations.segmentation import confusion_matrix, scores_from_confusion
 from models.frontend import Frontend, FrontendOutput, keypoint_settings
 from training.descriptor_losses import dense_descriptor_loss, sample_sparse_pairs, sparse_descriptor_loss
