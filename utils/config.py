@@ -184,16 +184,6 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults
     return config
 
 
-def get(config: dict, dotted: str, default: Any = None) -> Any:
-    """Read ``config['a']['b']`` as ``get(config, 'a.b')``."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def dump_config(config: dict, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from utils.io import atomic_write_text
