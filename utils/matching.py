@@ -13,6 +13,15 @@ import numpy as np
 import torch
 
 
+def _first_minima(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the first minimum along the last and along the middle axis of ``B x N x M``."""
+    if dist.device.type == "cpu":
+        # numpy's argmin is several times faster than torch's on the CPU (evaluation speed)
+        d = dist.detach().numpy()
+        return torch.from_numpy(d.argmin(axis=2)), torch.from_numpy(d.argmin(axis=1))
+    return dist.argmin(dim=2), dist.argmin(dim=1)
+
+
 def mutual_nn(dist: torch.Tensor, mask_a: torch.Tensor | None = None,
               mask_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mutual nearest neighbours of a batch of distance matrices (smaller = closer).
@@ -27,16 +36,16 @@ def mutual_nn(dist: torch.Tensor, mask_a: torch.Tensor | None = None,
     if N == 0 or M == 0:
         return (torch.zeros(B, N, dtype=torch.long, device=dist.device),
                 torch.zeros(B, N, dtype=torch.bool, device=dist.device))
-    if mask_a is None:
-        mask_a = torch.ones(B, N, dtype=torch.bool, device=dist.device)
-    if mask_b is None:
-        mask_b = torch.ones(B, M, dtype=torch.bool, device=dist.device)
-    # padding never wins a minimum; argmin returns the first of equal minima
-    dist = dist.masked_fill(~(mask_a.unsqueeze(2) & mask_b.unsqueeze(1)), float("inf"))
-    ab = dist.argmin(dim=2)  # B N
-    ba = dist.argmin(dim=1)  # B M
+    if mask_a is not None or mask_b is not None:
+        mask_a = torch.ones(B, N, dtype=torch.bool, device=dist.device) if mask_a is None else mask_a
+        mask_b = torch.ones(B, M, dtype=torch.bool, device=dist.device) if mask_b is None else mask_b
+        # padding never wins a minimum
+        dist = dist.masked_fill(~(mask_a.unsqueeze(2) & mask_b.unsqueeze(1)), float("inf"))
+    ab, ba = _first_minima(dist)  # B N, B M
     mutual = ba.gather(1, ab) == torch.arange(N, device=dist.device).unsqueeze(0)
-    return ab, mutual & mask_a & mask_b.gather(1, ab)
+    if mask_a is not None:
+        mutual &= mask_a & mask_b.gather(1, ab)
+    return ab, mutual
 
 
 @dataclass
