@@ -29,3 +29,10 @@ def test_numpy_matches_follow_the_batched_rule_and_the_tests():
     np.testing.assert_array_equal(m.distance, dist[m.idx1, m.idx2])
     close = mutual_nearest_neighbours(dist, max_distance=0.05)
     assert set(close.idx1.tolist()) == {i for i, j in by_loop if dist[i, j] < 0.05}
+
+
+def test_mutual_nn_of_bfloat16_distances():
+    # training validation under bf16 autocast hands over bf16 similarities
+    dist = torch.tensor([[[0.5, 0.25], [0.125, 1.0]]], dtype=torch.bfloat16)
+    nn, mutual = mutual_nn(dist)
+    assert nn[0].tolist() == [1, 0] and mutual[0].tolist() == [True, True]

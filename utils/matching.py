@@ -15,7 +15,7 @@ import torch
 
 def _first_minima(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the first minimum along the last and along the middle axis of ``B x N x M``."""
-    if dist.device.type == "cpu":
+    if dist.device.type == "cpu" and dist.dtype in (torch.float32, torch.float64):
         # numpy's argmin is several times faster than torch's on the CPU (evaluation speed)
         d = dist.detach().numpy()
         return torch.from_numpy(d.argmin(axis=2)), torch.from_numpy(d.argmin(axis=1))
