@@ -67,13 +67,9 @@ def _print_dict_table(title: str, d: dict) -> None:
 
 
 def run_segmentation(pred_dir: Path, output_img: bool, category_file: str | None) -> dict:
-    try:
-        from evaluations.segmentation import evaluate_segmentation_folder
-    except ImportError as e:
-        raise UserError(f"segmentation evaluation is not available in this checkout ({e})") from None
+    from evaluations.segmentation import evaluate_segmentation_folder
+
     result = evaluate_segmentation_folder(pred_dir, output_img, category_file)
-    if not isinstance(result, dict):
-        result = {"result": result}
     # the scalars only (per-class IoUs and confusion matrices are in segmentation_results.*)
     summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     if isinstance(result.get("warped"), dict):

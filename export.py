@@ -20,7 +20,7 @@ from utils.cli import main_guard
 TASKS = {
     "export_descriptor": "exporters.descriptors:run",
     "export_pairs": "exporters.descriptors:run_pairs",
-    "export_detector_homoAdapt": "exporters.homography_adaptation:run",
+    "export_detector_homoAdapt": "exporters.detector_labels:run",
     "export_model": "exporters.model_export:run",
 }
 

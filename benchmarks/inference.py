@@ -101,7 +101,8 @@ PHOTO_DIRS = ("freiburg", "phototourism", "scannet")
 def shared_photos_dir() -> Path:
     """``$SUPERPOINT_SHARED_DATA/photos``, else ``shared/data/photos`` beside the repository."""
     env = os.environ.get("SUPERPOINT_SHARED_DATA")
-    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]:
+    candidates = [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    for base in ([Path(env)] if env else []) + candidates:
         if (base / "photos").is_dir():
             return base / "photos"
     raise SystemExit("error: photos not found: set SUPERPOINT_SHARED_DATA to the shared data folder "
@@ -426,7 +427,8 @@ def cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseli
                 bound = sum(v / peaks[dtypes[k]] for k, v in layers.items())
             pooled, worst = pooled_agreement([(p.points(p.postprocess(p.network(f))), ref)
                                               for f, ref in zip(frames_by_size[size], baseline_points[size])])
-            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {best:.0f} | {ref_ms / e2e:.2f}x | {fwd:.0f} | {post:.1f} "
+            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {best:.0f} | {ref_ms / e2e:.2f}x "
+                         f"| {fwd:.0f} | {post:.1f} "
                          f"| {100 * post / e2e:.1f} % | {cpu:.0f} | {total / (fwd / 1e3) / 1e9:.0f} "
                          f"| {'-' if bound is None else f'{fwd / 1e3 / bound:.2f}'} "
                          f"| {100 * pooled:.1f} % / {100 * worst:.1f} % |")
@@ -736,7 +738,8 @@ def main(argv=None) -> int:
            f"{args.rounds} rounds, medians per frame; weights: "
            f"{args.weights or 'seeded stand-in (models/stand_in.py)'}; keypoints per frame (eager fp32): "
            + "; ".join(f"{h}x{w}: {min(c)}-{max(c)}" for (h, w), c in counts.items()) + ".",
-           ""] + int8_lines(int8_rows) + table + ["", f"Default on this machine (`inference_frontend`, `engine: auto`, `precision: auto`): "
+           ""] + int8_lines(int8_rows) + table + [
+        "", "Default on this machine (`inference_frontend`, `engine: auto`, `precision: auto`): "
                           f"**{default_path_name(model)}**.", ""] + hpatches
     if torch.cuda.is_available():
         out += ["", "#### Inference, CUDA", ""] + gpu_section(model, photos, args.rounds)

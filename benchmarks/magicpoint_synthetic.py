@@ -10,7 +10,7 @@
 
 Detections: NMS radius and border from the config's ``model:`` section, every score down to
 1e-4 enters the precision-recall curve; a detection is correct within D px of a ground-truth
-point not taken by a better one (``evaluations.keypoint_detection``), for every D of
+point not taken by a better one (``evaluations.detection_pr``), for every D of
 ``--distances`` (2 px: this project's figure; 4 px: the distance of the reference's notebook).
 Precision / recall are reported at the config's ``detection_threshold``. Each weights file is
 built as the layout it records (``models.load_pretrained``: converted files carry theirs), else
@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import get_dataset  # noqa: E402
 from datasets.collate import collate  # noqa: E402
-from evaluations.keypoint_detection import DetectionAccumulator  # noqa: E402
+from evaluations.detection_pr import DetectionAccumulator  # noqa: E402
 from models import build_model, load_pretrained  # noqa: E402
 from training.magicpoint import MAP_MIN_SCORE  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.keypoints import extract_keypoints, semi_to_heatmap  # noqa: E402
+
 from machine_info import cpu_name  # noqa: E402
 
 

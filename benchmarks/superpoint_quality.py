@@ -42,8 +42,9 @@ sys.path.insert(0, str(REPO))
 import settings  # noqa: E402
 from evaluations.hpatches_report import evaluate_folder  # noqa: E402
 from evaluations.protocols import load_settings  # noqa: E402
-from machine_info import cpu_name  # noqa: E402
 from utils.config import load_config  # noqa: E402
+
+from machine_info import cpu_name  # noqa: E402
 
 SIZE = (240, 320)
 # the scikit-image pictures that the embedded HPatches-style set is NOT built from (see
@@ -174,7 +175,6 @@ def main(argv=None) -> int:
         trained = args.weights
     if args.ship is not None:
         from models import extract_state_dict, read_weights
-
         from utils.io import atomic_torch_save
 
         atomic_torch_save(extract_state_dict(read_weights(trained)), args.ship)

@@ -49,7 +49,8 @@ def test_infonce_loss_matches_its_formula_match_by_match():
             da, db = fa[b, :, ca], fb[b, :, cb]
             pos = float(da @ db)
             far_b = [j for j in range(hc * wc) if float(torch.linalg.norm(centers[j] - p)) > 8.0]
-            far_a = [j for j in range(hc * wc) if float(torch.linalg.norm(centers[j] + torch.tensor([8.0, 0]) - p)) > 8.0]
+            shifted = centers + torch.tensor([8.0, 0])  # A's centres warped into B
+            far_a = [j for j in range(hc * wc) if float(torch.linalg.norm(shifted[j] - p)) > 8.0]
             ab = -pos / t + torch.logsumexp(torch.tensor([pos / t] + [float(da @ fb[b, :, j]) / t for j in far_b]), 0)
             ba = -pos / t + torch.logsumexp(torch.tensor([pos / t] + [float(db @ fa[b, :, j]) / t for j in far_a]), 0)
             terms.append((float(ab) + float(ba)) / 2)

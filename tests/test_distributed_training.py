@@ -17,9 +17,9 @@ import torch
 import datasets
 import settings
 from models import build_model
+from tests.fixtures.recorder import Recorder
 from training.checkpoints import list_checkpoints, load_checkpoint
 from training.trainer import Trainer
-from tests.fixtures.recorder import Recorder
 from utils.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -35,8 +35,15 @@ from tqdm import tqdm
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from models import (build_model, extract_state_dict, frozen_modules, load_weights, model_config_for, read_weights,
-                    train_mode)
+from models import (
+    build_model,
+    extract_state_dict,
+    frozen_modules,
+    load_weights,
+    model_config_for,
+    read_weights,
+    train_mode,
+)
 from training.checkpoints import latest_checkpoint, load_checkpoint, resolve_pretrained, save_checkpoint
 from training.sampler import ResumableBatchSampler
 from utils.cli import UserError, autocast_dtype, resolve_device

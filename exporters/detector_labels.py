@@ -28,7 +28,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -36,11 +35,12 @@ from tqdm import tqdm
 from datasets import get_dataset
 from datasets.keypoint_labels import label_path, save_keypoint_labels
 from models import load_pretrained
-from training.checkpoints import resolve_pretrained
 from models.frontend import keypoint_settings
 from models.homography_adaptation import homography_adaptation, prepare_detector
+from training.checkpoints import resolve_pretrained
 from utils.cli import UserError, autocast_dtype, resolve_device
-from utils.io import ImageReadError, atomic_imwrite
+from utils.draw import draw_keypoints, save_rgb
+from utils.io import ImageReadError
 from utils.keypoints import extract_keypoints
 
 SPLITS = ("train", "val")
@@ -88,17 +88,6 @@ class _ReadOrReport(Dataset):
             return self.dataset[index]
         except ImageReadError as e:
             return {"name": self.dataset.names[index], "error": str(e)}
-
-
-def draw_points(image: torch.Tensor, pts: np.ndarray) -> np.ndarray:
-    """``1 x H x W`` gray image and ``N x 3`` points -> ``H x W x 3`` uint8 BGR with green dots."""
-    import cv2
-
-    g = (image[0].float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    bgr = np.ascontiguousarray(np.stack([g] * 3, axis=-1))
-    for x, y in np.round(pts[:, :2]).astype(int):
-        cv2.circle(bgr, (int(x), int(y)), 1, (0, 255, 0), -1, lineType=cv2.LINE_AA)
-    return bgr
 
 
 def load_detector(config: dict, device: torch.device) -> torch.nn.Module:
@@ -168,7 +157,9 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         pts = kp.to_list()[0].float().cpu().numpy()
         save_keypoint_labels(label_path(pred_dir, split, name), pts, image.shape[-2:])
         if output_images:
-            atomic_imwrite(img_dir / f"{name}.png", draw_points(item["image"], pts))
+            # bright green dots on the gray image, for a quick look at the labels
+            save_rgb(img_dir / f"{name}.png", draw_keypoints(item["image"][0].float().clamp(0, 1).numpy(),
+                                                             pts, (0, 255, 0), radius=1.0, thickness=-1))
         stats.done += 1
     return stats
 
