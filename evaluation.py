@@ -70,13 +70,9 @@ def _print_dict_table(title: str, d: dict) -> None:
 
 
 def run_segmentation(pred_dir: Path, output_img: bool, category_file: str | None) -> dict:
-    try:
-        from evaluations.segmentation import evaluate_segmentation_folder
-    except ImportError as e:
-        raise UserError(f"segmentation evaluation is not available in this checkout ({e})") from None
+    from evaluations.segmentation import evaluate_segmentation_folder
+
     result = evaluate_segmentation_folder(pred_dir, output_img, category_file)
-    if not isinstance(result, dict):
-        result = {"result": result}
     # the scalars only (per-class IoUs and confusion matrices are in segmentation_results.*)
     summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     if isinstance(result.get("warped"), dict):
@@ -107,9 +103,8 @@ def run_pose(pred_dir: Path, args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from evaluations.hpatches_report import evaluate_folder, format_table, results_stem, write_results
-    from evaluations.protocols import load_settings
-
     from evaluations.predictions import check_export
+    from evaluations.protocols import load_settings
 
     pred_dir = Path(args.path)
     segmentation = args.evaluate_segmentation or args.category_file is not None

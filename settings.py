@@ -1,13 +1,14 @@
-"""Where data and experiment outputs live.
+"""Where data and experiment outputs live (read from the environment at every call).
 
-``DATA_PATH``  datasets (COCO/, HPatches/, KITTI/, Cityscapes/, synthetic_shapes/, ...);
-               default ``<repo>/datasets``, overridden by ``SUPERPOINT_DATA_DIR``.
-``EXPER_PATH`` experiment folders (checkpoints, predictions, copied configs);
-               default ``<repo>/logs``, overridden by ``SUPERPOINT_EXPER_DIR``.
-``RUNS_PATH``  TensorBoard event files; default ``<repo>/runs``, overridden by ``SUPERPOINT_RUNS_DIR``.
+``data_path()``  DATA_PATH in the docs: datasets (COCO/, HPatches/, KITTI/, Cityscapes/,
+                 synthetic_shapes/, ...); default ``<repo>/datasets``, overridden by ``SUPERPOINT_DATA_DIR``.
+``exper_path()`` EXPER_PATH: experiment folders (checkpoints, predictions, copied configs);
+                 default ``<repo>/logs``, overridden by ``SUPERPOINT_EXPER_DIR``.
+``runs_path()``  RUNS_PATH: TensorBoard event files; default ``<repo>/runs``, overridden by
+                 ``SUPERPOINT_RUNS_DIR``.
 
-Values are read when this module is imported; the helpers below re-read the environment so
-that tests (and long-lived processes) see changes made after import.
+Each call re-reads the environment, so tests (and long-lived processes) see changes made after
+import. To move a folder for good, change its default below.
 """
 import os
 from pathlib import Path
@@ -25,8 +26,3 @@ def exper_path() -> Path:
 
 def runs_path() -> Path:
     return Path(os.environ.get("SUPERPOINT_RUNS_DIR", REPO_ROOT / "runs")).expanduser()
-
-
-DATA_PATH = str(data_path())
-EXPER_PATH = str(exper_path())
-RUNS_PATH = str(runs_path())

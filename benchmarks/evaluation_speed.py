@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaluations.hpatches_report import evaluate_folder, single_torch_thread  # noqa: E402
 from evaluations.predictions import list_prediction_files, load_pair  # noqa: E402
 from evaluations.protocols import load_settings  # noqa: E402
-from evaluations.synthetic import write_synthetic_folder  # noqa: E402
+from tests.fixtures.synthetic_predictions import write_synthetic_folder  # noqa: E402
+
 from machine_info import cpu_name  # noqa: E402
 
 

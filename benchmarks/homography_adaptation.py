@@ -32,8 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import build_model, load_weights  # noqa: E402
-from models.homography_adaptation import (homography_adaptation, prepare_detector,  # noqa: E402
-                                          sample_adaptation_homographies)
+from models.homography_adaptation import homography_adaptation, prepare_detector, sample_adaptation_homographies  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.geometry import warp_image, warped_valid_mask  # noqa: E402
 from utils.io import read_image_gray  # noqa: E402
@@ -148,7 +147,8 @@ def main(argv=None) -> int:
                                                   torch.Generator().manual_seed(i)) for i in range(args.images)])
 
     print(f"# homography adaptation benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; "
           f"{args.images} images {size[0]}x{size[1]}, {args.num} homographies, "
           f"{'weights ' + args.weights if args.weights else 'random-init SuperPointNet_gauss2'}")
     variants = {}

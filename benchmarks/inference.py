@@ -14,7 +14,12 @@ keypoints and descriptors with the same settings (threshold 0.015, NMS radius 4,
 * ``torchscript``: the file written by ``export_model --format torchscript``, with the front
   end's post-processing on its outputs; ``onnxruntime``: ``inference.engine: onnxruntime`` (the
   ONNX export run by ONNX Runtime, then the same post-processing);
-* ``fast ...``: ``models.inference.FastSuperPoint`` (the fast engine of ``inference_frontend``).
+* ``fast ...``: ``models.inference.FastSuperPoint`` (the fast engine of ``inference_frontend``);
+* ``onnxruntime int8 ...``: ``inference.precision: int8`` (``models.int8``: the ONNX export
+  statically quantized by ONNX Runtime), with the shipped choice of quantized layers
+  (``inference.int8.int8_layers``) and any alternatives given with ``--int8-variants``. It is
+  calibrated once, at 480x640, on ``--calibration`` images (default: the shared Freiburg frames
+  that are not among the timed frames; never the evaluation images).
 
 The report names the path that ``inference_frontend`` runs by default on this machine.
 
@@ -96,7 +101,8 @@ PHOTO_DIRS = ("freiburg", "phototourism", "scannet")
 def shared_photos_dir() -> Path:
     """``$SUPERPOINT_SHARED_DATA/photos``, else ``shared/data/photos`` beside the repository."""
     env = os.environ.get("SUPERPOINT_SHARED_DATA")
-    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]:
+    candidates = [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    for base in ([Path(env)] if env else []) + candidates:
         if (base / "photos").is_dir():
             return base / "photos"
     raise SystemExit("error: photos not found: set SUPERPOINT_SHARED_DATA to the shared data folder "
@@ -226,6 +232,40 @@ class ExportedPath(FrontendPath):
     def network(self, image: np.ndarray):
         semi, desc = self.runner(image[None, None])[:2]
         return {"semi": torch.from_numpy(np.asarray(semi)), "desc": torch.from_numpy(np.asarray(desc))}
+
+
+def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: list[Path],
+               variants: list[tuple[str, tuple[str, ...]]]) -> list:
+    """One ``onnxruntime int8`` path per (label, quantized layers) of ``variants``, all from one
+    calibration (480x640, the cache under ``workdir``); the records go to ``workdir``."""
+    from models.int8 import int8_settings, quantize_int8
+    from models.onnx_runtime import OnnxRuntimeNetwork
+
+    kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
+    paths = []
+    for label, layers in variants:
+        settings = int8_settings({"int8_layers": list(layers), "cache_dir": str(workdir / "int8_cache")},
+                                 calibration)
+        settings.exclude_files = tuple(exclude)
+        data, record = quantize_int8(model, settings)
+        name = f"onnxruntime int8 ({label})"
+        path = FrontendPath(name, Frontend(OnnxRuntimeNetwork(model, threads, onnx_model=data), **kp), "int8")
+        path.record = record
+        paths.append(path)
+    return paths
+
+
+def parse_int8_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    """``LABEL=LAYER,LAYER`` (the quantized layers) or ``LABEL=all``."""
+    from models.int8 import LAYERS
+
+    label, _, layers = text.partition("=")
+    names = LAYERS if layers == "all" else tuple(n for n in layers.split(",") if n)
+    bad = [n for n in names if n not in LAYERS]
+    if not label or not names or bad:
+        raise argparse.ArgumentTypeError(f"--int8-variants {text!r}: expected LABEL=all or LABEL=LAYER,LAYER with "
+                                         f"layers among {', '.join(LAYERS)}")
+    return label, names
 
 
 def build_paths(model, threads: int, workdir: Path, select: set[str] | None) -> list:
@@ -380,13 +420,17 @@ def cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseli
             post = statistics.median(t["post"]) * 1e3
             cpu = statistics.median(t["cpu"]) * 1e3
             ref_ms = ref_ms or e2e
-            # FLOP bound with the peak of the dtype each layer runs in
-            dtypes = layer_dtypes(p.dtype_key)
-            bound = sum(v / peaks[dtypes[k]] for k, v in layers.items())
+            # FLOP bound with the peak of the dtype each layer runs in (int8: no matching peak measured)
+            bound = None
+            if p.dtype_key in PRECISIONS:
+                dtypes = layer_dtypes(p.dtype_key)
+                bound = sum(v / peaks[dtypes[k]] for k, v in layers.items())
             pooled, worst = pooled_agreement([(p.points(p.postprocess(p.network(f))), ref)
                                               for f, ref in zip(frames_by_size[size], baseline_points[size])])
-            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {best:.0f} | {ref_ms / e2e:.2f}x | {fwd:.0f} | {post:.1f} "
-                         f"| {100 * post / e2e:.1f} % | {cpu:.0f} | {total / (fwd / 1e3) / 1e9:.0f} | {fwd / 1e3 / bound:.2f} "
+            lines.append(f"| {p.name} | {size[0]}x{size[1]} | {e2e:.0f} | {best:.0f} | {ref_ms / e2e:.2f}x "
+                         f"| {fwd:.0f} | {post:.1f} "
+                         f"| {100 * post / e2e:.1f} % | {cpu:.0f} | {total / (fwd / 1e3) / 1e9:.0f} "
+                         f"| {'-' if bound is None else f'{fwd / 1e3 / bound:.2f}'} "
                          f"| {100 * pooled:.1f} % / {100 * worst:.1f} % |")
     return lines
 
@@ -464,16 +508,22 @@ def ransac_ordering_accuracy(folder: Path, settings, orderings: int, thresholds=
     return np.stack([(errors <= t).mean(axis=0) for t in thresholds], axis=1)
 
 
-def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000, orderings: int = 100) -> list[str]:
-    """Homography accuracy and repeatability of every project path against eager fp32, on the
-    embedded HPatches-style set (50 pairs, ``size``), with the standard evaluation (ours, k = top_k).
+METRICS = ("HA eps=1", "eps=3", "eps=5", "repeatability", "MLE", "NN mAP", "matching score")
+
+
+def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000, orderings: int = 100,
+                        root: str = "embedded", label: str = "embedded HPatches-style set") -> list[str]:
+    """The HPatches-style metrics of every project path against eager fp32 on the pairs of
+    ``root`` (``embedded``: the 50 pairs built from scikit-image's photos; or an HPatches-layout
+    folder such as the 8 real pairs), at ``size``, with the standard evaluation (ours, k = top_k).
 
     Each path detects on both images of every pair with the benchmark's keypoint settings plus
     top-k; the predictions are written as ``export_descriptor`` writes them and scored by
-    ``evaluations.hpatches_report``. Target: every fast path within 0.01 of eager fp32 (the
-    yardsticks of :func:`yardstick_paths` show what a known small change does). The
-    accuracy is also given as the mean over ``orderings`` random orders of the matches given to
-    RANSAC (:func:`ransac_ordering_accuracy`), with the spread of single runs for eager fp32.
+    ``evaluations.hpatches_report``: homography accuracy (HA) at eps 1 / 3 / 5, repeatability,
+    MLE, NN mAP and matching score. The yardsticks of :func:`yardstick_paths` show what a known
+    small change does. HA is also given as the mean over ``orderings`` random orders of the
+    matches given to RANSAC (:func:`ransac_ordering_accuracy`), with the spread of single runs for
+    eager fp32; the change columns use that mean (the metric's own noise averaged out).
     """
     from datasets.hpatches import HPatches
     from evaluations.hpatches_report import evaluate_folder
@@ -482,17 +532,18 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
     from utils.config import load_config
 
     config = load_config(Path(__file__).resolve().parent.parent / "configs/magicpoint_repeatability_embedded.yaml",
-                         [f"data.preprocessing.resize=[{size[0]}, {size[1]}]"])
+                         [f"data.preprocessing.resize=[{size[0]}, {size[1]}]", f"data.root={root}"])
     pairs = HPatches(config, "test")
     settings = load_settings(top_k=top_k)
     rows, ordered = {}, {}
+    tag = "embedded" if root == "embedded" else Path(root).name
     for path in [p for p in paths if isinstance(p, FrontendPath)]:
         fe = path.frontend
         old_top_k, fe.top_k = fe.top_k, top_k
-        folder = workdir / "hpatches" / path.name.replace(" ", "_") / "predictions"
+        folder = workdir / "hpatches" / tag / path.name.replace(" ", "_").replace("/", "_") / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            for i in tqdm(range(len(pairs)), desc=f"HPatches-style: {path.name}", leave=False):
+            for i in tqdm(range(len(pairs)), desc=f"{label}: {path.name}", leave=False):
                 item = pairs[i]
                 record = base_record(item, i)
                 for prefix, key in (("", "image"), ("warped_", "warped_image")):
@@ -505,29 +556,29 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
         finally:
             fe.top_k = old_top_k
         res = evaluate_folder(folder, settings, progress=False)["metrics"]
-        rows[path.name] = (res["homography_accuracy"]["1"], res["homography_accuracy"]["3"],
-                           res["homography_accuracy"]["5"], res["repeatability"], res["mle"])
+        ha = res["homography_accuracy"]
+        rows[path.name] = np.array([ha["1"], ha["3"], ha["5"], res["repeatability"], res["mle"], res["nn_map"],
+                                    res["matching_score"]], dtype=float)
         ordered[path.name] = ransac_ordering_accuracy(folder, settings, orderings) if orderings else None
     if "eager fp32" not in rows:
         return ["HPatches-style comparison: needs the 'eager fp32' path (run without --paths)."]
-    base, base_mean = rows["eager fp32"], None
-    if orderings:
-        base_mean = ordered["eager fp32"].mean(axis=0)
-    lines = [f"HPatches-style set ({len(pairs)} pairs of the embedded set at {size[0]}x{size[1]}, k = {top_k}): "
-             f"homography accuracy (HA) and repeatability of each path, and the largest change from eager fp32. "
+    base = rows["eager fp32"]
+    base_mean = ordered["eager fp32"].mean(axis=0) if orderings else base[:3]
+    lines = [f"{label[:1].upper() + label[1:]} ({len(pairs)} pairs at {size[0]}x{size[1]}, k = {top_k}): "
+             f"the HPatches-style metrics of each path and the largest change from eager fp32. "
              f"'HA, {orderings} RANSAC orders' is the mean over {orderings} random orders of the same matches "
-             f"(the metric's own noise averaged out).", "",
-             "| path | HA eps=1 | eps=3 | eps=5 | repeatability | MLE | max abs change vs fp32 (HA, rep.) "
-             f"| HA, {orderings} RANSAC orders (eps=1 / 3 / 5) | max abs change of those vs fp32 |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             f"(the metric's own noise averaged out); 'max change' is over those three HA values, repeatability, "
+             f"MLE (px), NN mAP and matching score.", "",
+             "| path | " + " | ".join(METRICS) + f" | HA, {orderings} RANSAC orders (eps=1 / 3 / 5) "
+             "| max change vs fp32 | largest change in |",
+             "|---|" + "---:|" * len(METRICS) + "---|---:|---|"]
+    names = ("HA eps=1 (averaged)", "HA eps=3 (averaged)", "HA eps=5 (averaged)") + METRICS[3:]
     for name, r in rows.items():
-        delta = max(abs(r[j] - base[j]) for j in range(4))
-        extra = "| - | - |"
-        if orderings:
-            mean = ordered[name].mean(axis=0)
-            extra = (f"| {' / '.join(f'{v:.3f}' for v in mean)} | "
-                     f"{np.abs(mean - base_mean).max():.3f} |")
-        lines.append(f"| {name} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {delta:.3f} {extra}")
+        mean = ordered[name].mean(axis=0) if orderings else r[:3]
+        change = np.abs(np.concatenate([mean - base_mean, r[3:] - base[3:]]))
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r)
+                     + f" | {' / '.join(f'{v:.3f}' for v in mean)} | {change.max():.3f} "
+                     f"| {names[int(change.argmax())] if change.max() > 0 else '-'} |")
     if orderings:
         spread = ordered["eager fp32"]
         lines += ["", f"The metric's own noise: with the eager fp32 matches unchanged, one evaluation's HA over the "
@@ -536,6 +587,16 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
                   + " and ranges "
                   + ", ".join(f"{spread[:, j].min():.2f}-{spread[:, j].max():.2f}" for j in range(3)) + "."]
     return lines
+
+
+def int8_lines(int8_rows) -> list[str]:
+    """What the int8 rows were calibrated on (from their records)."""
+    if not int8_rows:
+        return []
+    cal = int8_rows[0].record["calibration"]
+    return [f"- int8 (ONNX Runtime {int8_rows[0].record['onnxruntime']}, QDQ, weights int8 per channel, activations "
+            f"uint8): {cal['method']} calibration on {len(cal['images'])} images of {cal['folder']} at "
+            f"{cal['size'][0]}x{cal['size'][1]} (not the timed frames); one calibration for every int8 row.", ""]
 
 
 def yardstick_paths(model) -> list:
@@ -595,10 +656,20 @@ def main(argv=None) -> int:
     parser.add_argument("--paths", nargs="+", help="only the paths whose names contain one of these words")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
     parser.add_argument("--no-hpatches", action="store_true",
-                        help="skip the homography accuracy / repeatability comparison on the embedded set")
+                        help="skip the HPatches-style comparisons (embedded set and real pairs)")
     parser.add_argument("--ransac-orders", type=int, default=100,
                         help="random orders of the matches per pair for the averaged homography accuracy "
                              "(0: skip)")
+    parser.add_argument("--calibration", type=Path,
+                        help="int8: folder of calibration images (default: the shared photos/freiburg frames; "
+                             "the timed frames are left out)")
+    parser.add_argument("--int8-variants", nargs="*", type=parse_int8_variant, default=[], metavar="LABEL=LAYERS",
+                        help="extra int8 rows with other quantized layers, e.g. all=all block1-2=conv1a,conv1b,"
+                             "conv2a,conv2b (the shipped choice, inference.int8.int8_layers, always runs)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 paths")
+    parser.add_argument("--real-pairs", type=Path,
+                        help="HPatches-layout folder of real pairs for the second HPatches-style table "
+                             "(default: the shared hpatches_real; skipped when missing)")
     parser.add_argument("--omp-wait-policy", choices=["passive", "active", "default"], default="passive",
                         help="OpenMP threads sleep (passive) or spin (active) at barriers; passive is much "
                              "faster when other jobs share the cores (an OMP_WAIT_POLICY already set wins)")
@@ -620,6 +691,15 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_paths(model, args.threads, Path(tmp), set(args.paths) if args.paths else None)
+        int8_rows = []
+        if not args.no_int8:
+            from utils.config import load_defaults
+
+            shipped = tuple(load_defaults()["inference"]["int8"]["int8_layers"])
+            variants = [("default: " + ",".join(shipped), shipped)] + list(args.int8_variants)
+            calibration = args.calibration or shared_photos_dir() / "freiburg"
+            int8_rows = int8_paths(model, args.threads, Path(tmp), calibration, photos, variants)
+            paths += int8_rows
         frames_by_size, times_by_size, flops_by_size, baseline = {}, {}, {}, {}
         eager = Frontend(model, detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
         for size in args.sizes:
@@ -632,8 +712,14 @@ def main(argv=None) -> int:
         peaks.setdefault(torch.bfloat16, peaks[torch.float32])  # no native bf16: emulated, no faster
         peaks[torch.float16] = peaks[torch.float32]
         table = cpu_table(paths, frames_by_size, times_by_size, flops_by_size, peaks, baseline)
-        hpatches = (hpatches_comparison(paths + yardstick_paths(model), Path(tmp), orderings=args.ransac_orders)
-                    if not args.no_hpatches else [])
+        hpatches = []
+        if not args.no_hpatches:
+            compared = paths + yardstick_paths(model)
+            hpatches = hpatches_comparison(compared, Path(tmp), orderings=args.ransac_orders)
+            real = args.real_pairs or shared_photos_dir().parent / "hpatches_real"
+            if real.is_dir():
+                hpatches += [""] + hpatches_comparison(compared, Path(tmp), orderings=args.ransac_orders,
+                                                       root=str(real), label=f"real HPatches pairs ({real.name})")
     load_end = os.getloadavg()
 
     counts = {s: [len(b) for b in baseline[s]] for s in args.sizes}
@@ -652,7 +738,8 @@ def main(argv=None) -> int:
            f"{args.rounds} rounds, medians per frame; weights: "
            f"{args.weights or 'seeded stand-in (models/stand_in.py)'}; keypoints per frame (eager fp32): "
            + "; ".join(f"{h}x{w}: {min(c)}-{max(c)}" for (h, w), c in counts.items()) + ".",
-           ""] + table + ["", f"Default on this machine (`inference_frontend`, `engine: auto`, `precision: auto`): "
+           ""] + int8_lines(int8_rows) + table + [
+        "", "Default on this machine (`inference_frontend`, `engine: auto`, `precision: auto`): "
                           f"**{default_path_name(model)}**.", ""] + hpatches
     if torch.cuda.is_available():
         out += ["", "#### Inference, CUDA", ""] + gpu_section(model, photos, args.rounds)

@@ -1,16 +1,25 @@
 """MagicPoint on Synthetic Shapes: detector quality on the *test* split, and training throughput.
 
-    # quality of trained weights on the test split (mAP, precision, recall, per primitive)
-    python benchmarks/magicpoint_synthetic.py --weights pretrained/magicpoint_synth.pth
+    # quality of trained weights on the test split, side by side, at 2 px and 4 px
+    python benchmarks/magicpoint_synthetic.py --weights pretrained/magicpoint_synth.pth \
+        pretrained/magicpoint_rpautrat.pth --max-images 300
     # train from scratch for a stated budget, then the same evaluation
     python benchmarks/magicpoint_synthetic.py --train-minutes 60 --config configs/magicpoint_shapes_cpu.yaml
     # training throughput (images/s) for fp32 and bf16 autocast
     python benchmarks/magicpoint_synthetic.py --throughput
 
 Detections: NMS radius and border from the config's ``model:`` section, every score down to
-1e-4 enters the precision-recall curve; a detection is correct within 2 px of a ground-truth
-point not taken by a better one (``evaluations.keypoint_detection``). Precision / recall are
-reported at the config's ``detection_threshold``. Prints markdown with machine and date.
+1e-4 enters the precision-recall curve; a detection is correct within D px of a ground-truth
+point not taken by a better one (``evaluations.detection_pr``), for every D of
+``--distances`` (2 px: this project's figure; 4 px: the distance of the reference's notebook).
+Precision / recall are reported at the config's ``detection_threshold``. Each weights file is
+built as the layout it records (``models.load_pretrained``: converted files carry theirs), else
+as the config's ``model.name``.
+
+Only the test split is generated for the evaluation (training / validation sizes set to 0): image
+i of the test split has the same pixels whatever the other splits' sizes (each image has its own
+random stream), so this is the same test set in its own folder. ``--max-images N`` evaluates the
+first N images of the fixed shuffle (all primitives mixed). Prints markdown with machine and date.
 """
 from __future__ import annotations
 
@@ -19,7 +28,6 @@ import datetime
 import platform
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import get_dataset  # noqa: E402
 from datasets.collate import collate  # noqa: E402
-from evaluations.keypoint_detection import DetectionAccumulator  # noqa: E402
-from models import build_model, load_weights  # noqa: E402
+from evaluations.detection_pr import DetectionAccumulator  # noqa: E402
+from models import build_model, load_pretrained  # noqa: E402
 from training.magicpoint import MAP_MIN_SCORE  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.keypoints import extract_keypoints, semi_to_heatmap  # noqa: E402
+
 from machine_info import cpu_name  # noqa: E402
 
 
@@ -42,34 +51,145 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
+def test_split_config(config: dict) -> dict:
+    """``config`` with only the test split generated (the same test images, see the module doc)."""
+    data = dict(config["data"])
+    gen = dict(data.get("generation") or {})
+    gen["split_sizes"] = {**dict(gen.get("split_sizes") or {}), "training": 0, "validation": 0}
+    return {**config, "data": {**data, "generation": gen}}
+
+
+# The reference's detector evaluation (rpautrat/SuperPoint: detector_evaluation.py and the notebook
+# detector_evaluation_magic_point.ipynb), for figures comparable with its published mAP.
+REFERENCE_NMS_BOX = 4        # box NMS: 4 x 4 boxes centred on the candidates ...
+REFERENCE_NMS_IOU = 0.1      # ... a box overlapping a better one by IoU > 0.1 is suppressed
+REFERENCE_MIN_PROB = 1e-3    # candidates of the NMS (the model's detection_threshold there)
+
+
+def reference_detections(heat: torch.Tensor) -> list[np.ndarray]:
+    """The reference's box NMS on a heatmap ``B x 1 x H x W`` -> per image ``N x 3`` (x, y, score)."""
+    from torchvision.ops import nms
+
+    out = []
+    for h in heat[:, 0]:
+        yx = torch.nonzero(h >= REFERENCE_MIN_PROB).float()
+        scores = h[h >= REFERENCE_MIN_PROB]  # same row-major order as nonzero
+        half = REFERENCE_NMS_BOX / 2
+        keep = nms(torch.cat([yx - half, yx + half], 1), scores, REFERENCE_NMS_IOU)
+        out.append(torch.cat([yx[keep].flip(1), scores[keep, None]], 1).numpy())
+    return out
+
+
+class ReferenceAccumulator:
+    """The reference's precision / recall / mAP (same ``add`` / ``result`` as DetectionAccumulator).
+
+    Differences from ours: the ground truth is rasterised to pixels (one per pixel); a detection,
+    visited by decreasing score, is compared with the first ground-truth pixel (row-major) within
+    ``distance`` only and is correct if that one is not taken yet; AP uses the interpolated
+    precision (the running maximum from the low-score end).
+    """
+
+    def __init__(self, distance: float = 2.0):
+        self.distance = distance
+        self.scores, self.correct = [], []
+        self.num_gt = self.num_images = 0
+
+    def add(self, points, scores, gt) -> None:
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        points, scores = points[order], scores[order]
+        gt = np.unique(np.round(np.asarray(gt, np.float64).reshape(-1, 2))[:, ::-1], axis=0)[:, ::-1]  # row-major
+        correct = np.zeros(len(points), bool)
+        if len(gt) and len(points):
+            close = np.linalg.norm(points[:, None] - gt[None], axis=-1) <= self.distance
+            first = np.argmax(close, axis=1)
+            taken = np.zeros(len(gt), bool)
+            for i in np.flatnonzero(close.any(axis=1)):  # few candidates; the order matters
+                correct[i] = not taken[first[i]]
+                taken[first[i]] = True
+        self.scores.append(scores)
+        self.correct.append(correct)
+        self.num_gt += len(gt)
+        self.num_images += 1
+
+    def result(self, threshold: float = 0.0) -> dict:
+        scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
+        correct = np.concatenate(self.correct) if self.correct else np.zeros(0, bool)
+        order = np.argsort(-scores, kind="stable")
+        tp = np.cumsum(correct[order])
+        precision = np.concatenate([[0.0], tp / np.arange(1, len(tp) + 1), [0.0]])
+        recall = np.concatenate([[0.0], tp / max(self.num_gt, 1), [1.0]])
+        precision = np.maximum.accumulate(precision[::-1])[::-1]
+        keep = scores >= threshold
+        n_det, n_tp = int(keep.sum()), int(correct[keep].sum())
+        return {"precision": n_tp / n_det if n_det else 0.0, "recall": n_tp / self.num_gt if self.num_gt else 0.0,
+                "mAP": float(np.sum(precision[1:] * np.diff(recall))) if self.num_gt else 0.0,
+                "num_detections": n_det, "num_ground_truth": self.num_gt, "num_images": self.num_images}
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, config: dict, batch_size: int = 32) -> dict:
-    """mAP / precision / recall on the test split, overall and per primitive."""
+def evaluate(model: torch.nn.Module, config: dict, distances=(2.0, 4.0), max_images: int | None = None,
+             batch_size: int = 32, dataset=None, protocol: str = "ours") -> dict:
+    """mAP / precision / recall on the test split, overall and per primitive, at each distance.
+
+    Args:
+        dataset: the test dataset (built from ``config`` when None); ``max_images``: its first N.
+        protocol: ``ours`` (greedy NMS of the config's radius, ``DetectionAccumulator``) or
+            ``reference`` (the reference's box NMS and ``ReferenceAccumulator``).
+    Returns:
+        ``{distance: {"all": result, <primitive>: result, ...}}``, each result a
+        ``DetectionAccumulator.result`` at the config's ``model.detection_threshold``.
+    """
     model.eval()
-    dataset = get_dataset(config, "test")
+    dataset = get_dataset(config, "test") if dataset is None else dataset
+    n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     mcfg = config["model"]
-    overall = DetectionAccumulator(2.0)
-    per = defaultdict(lambda: DetectionAccumulator(2.0))
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    if protocol not in ("ours", "reference"):
+        raise ValueError(f"protocol: expected 'ours' or 'reference', got {protocol!r}")
+    accumulator = DetectionAccumulator if protocol == "ours" else ReferenceAccumulator
+    overall = {d: accumulator(d) for d in distances}
+    per = {d: {} for d in distances}
+    for start in range(0, n, batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, n))])
         heat = semi_to_heatmap(model(batch["image"])["semi"])
-        kp = extract_keypoints(heat, MAP_MIN_SCORE, int(mcfg["nms"]), int(mcfg.get("remove_borders", 0)))
-        for b, pts in enumerate(kp.to_list()):
+        if protocol == "ours":
+            detections = extract_keypoints(heat, MAP_MIN_SCORE, int(mcfg["nms"]),
+                                           int(mcfg.get("remove_borders", 0))).to_list()
+        else:
+            detections = reference_detections(heat)
+        for b, pts in enumerate(detections):
             gt = batch["keypoints"][b][batch["keypoint_mask"][b]].numpy()
-            pts = pts.numpy()
-            overall.add(pts[:, :2], pts[:, 2], gt)
-            per[batch["name"][b].split("/")[0]].add(pts[:, :2], pts[:, 2], gt)
+            pts = np.asarray(pts)
+            primitive = batch["name"][b].split("/")[0]
+            for d in distances:  # one detection pass, scored at every distance
+                overall[d].add(pts[:, :2], pts[:, 2], gt)
+                per[d].setdefault(primitive, accumulator(d)).add(pts[:, :2], pts[:, 2], gt)
     thr = float(mcfg["detection_threshold"])
-    return {"all": overall.result(thr), **{k: v.result(thr) for k, v in sorted(per.items())}}
+    return {d: {"all": overall[d].result(thr), **{k: v.result(thr) for k, v in sorted(per[d].items())}}
+            for d in distances}
 
 
-def report(results: dict, title: str, extra: str = "") -> str:
+def compare_report(results: dict, title: str, extra: list[str] | None = None) -> str:
+    """Markdown: one row per weights file (all primitives), then one per-primitive table each.
+
+    ``results``: ``{label: evaluate(...)}``, the same distances for every label.
+    """
+    distances = list(next(iter(results.values())))
     lines = [f"### {title}", "", f"- date: {datetime.date.today().isoformat()}; machine: {machine()}"]
-    if extra:
-        lines.append(f"- {extra}")
-    lines += ["", "| primitive | images | mAP | precision | recall |", "|---|---:|---:|---:|---:|"]
-    for k, r in results.items():
-        lines.append(f"| {k} | {r['num_images']} | {r['mAP']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} |")
+    lines += [f"- {e}" for e in (extra or [])]
+    lines += ["", "| weights | images | " + " | ".join(f"mAP {d:g} px | P {d:g} px | R {d:g} px" for d in distances)
+              + " |", "|---|---:|" + "---:|---:|---:|" * len(distances)]
+    for label, res in results.items():
+        cells = " | ".join(f"{res[d]['all']['mAP']:.3f} | {res[d]['all']['precision']:.3f} | "
+                           f"{res[d]['all']['recall']:.3f}" for d in distances)
+        lines.append(f"| {label} | {res[distances[0]]['all']['num_images']} | {cells} |")
+    for label, res in results.items():
+        lines += ["", f"Per primitive, {label}:", "",
+                  "| primitive | images | " + " | ".join(f"mAP {d:g} px" for d in distances) + " |",
+                  "|---|---:|" + "---:|" * len(distances)]
+        lines += [f"| {k} | {r['num_images']} | " + " | ".join(f"{res[d][k]['mAP']:.3f}" for d in distances) + " |"
+                  for k, r in res[distances[0]].items() if k != "all"]
     return "\n".join(lines)
 
 
@@ -103,16 +223,30 @@ def throughput(config: dict, steps: int = 6, batch: int = 32) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/magicpoint_shapes_cpu.yaml")
-    p.add_argument("--weights", help="evaluate these weights (state dict or checkpoint)")
+    p.add_argument("--weights", nargs="+", default=[],
+                   help="weights files to evaluate side by side (state dicts, checkpoints, converted files)")
+    p.add_argument("--distances", nargs="+", type=float, default=[2.0, 4.0],
+                   help="correctness distances in pixels (default: 2 4)")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate the first N test images only")
+    p.add_argument("--protocol", choices=["ours", "reference"], default="ours",
+                   help="ours: greedy NMS (config radius), one-to-one nearest matching, plain AP; reference: "
+                        "the reference notebook's box NMS, matching and interpolated AP")
     p.add_argument("--train-minutes", type=float, help="train from scratch for this long, then evaluate")
     p.add_argument("--name", default="bench_magicpoint", help="experiment folder for --train-minutes")
     p.add_argument("--throughput", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        p.error(f"--max-images: expected a positive integer, got {args.max_images}")
+    if any(d <= 0 for d in args.distances):
+        p.error(f"--distances: expected positive distances in pixels, got {args.distances}")
+    if len(set(args.weights)) != len(args.weights):
+        p.error(f"--weights: a file is given twice ({' '.join(args.weights)})")
     config = load_config(args.config, args.overrides)
     out = []
     if args.throughput:
         out.append(throughput(config))
+    weights, extra = list(args.weights), []
     if args.train_minutes:
         from training.magicpoint import MagicPointTask
         from training.trainer import Trainer
@@ -120,19 +254,26 @@ def main(argv=None) -> int:
         config = {**config, "time_limit_minutes": float(args.train_minutes)}
         trainer = Trainer(config, args.name, MagicPointTask(config))
         trainer.train()
-        args.weights = str(trainer.ckpt_dir)
-        extra = (f"trained {args.train_minutes:g} min from scratch ({args.config}): {trainer.n_iter} iterations "
-                 f"of batch {config['model']['batch_size']}")
-    if args.weights:
+        weights.append(str(trainer.ckpt_dir))
+        extra.append(f"trained {args.train_minutes:g} min from scratch ({args.config}): {trainer.n_iter} "
+                     f"iterations of batch {config['model']['batch_size']}")
+    if weights:
         from training.checkpoints import resolve_pretrained
 
-        path = resolve_pretrained({"pretrained": args.weights}, "the benchmark")
-        model = build_model(config["model"])
-        obj = load_weights(model, path)
-        it = obj.get("n_iter") if isinstance(obj, dict) else None
-        extra_w = f"weights {path}" + (f" (iteration {it})" if it is not None else "")
-        res = evaluate(model, config)
-        out.append(report(res, "Synthetic Shapes test split", extra_w + ("; " + extra if args.train_minutes else "")))
+        eval_config = test_split_config(config)
+        dataset = get_dataset(eval_config, "test")
+        results = {}
+        for w in weights:
+            path = resolve_pretrained({"pretrained": w}, "the benchmark")
+            model = load_pretrained(config["model"], path)
+            results[w] = evaluate(model, eval_config, args.distances, args.max_images, dataset=dataset,
+                                  protocol=args.protocol)
+            print(f"evaluated {path} ({type(model).__name__})", file=sys.stderr, flush=True)
+        n = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+        setting = f"config {args.config}" + (f" with {', '.join(args.overrides)}" if args.overrides else "")
+        extra.insert(0, f"{setting}; the first {n} of the {len(dataset)} test images (fixed shuffle); "
+                        f"protocol {args.protocol}")
+        out.append(compare_report(results, "Synthetic Shapes test split", extra))
     print("\n\n".join(out))
     return 0
 

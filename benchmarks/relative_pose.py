@@ -6,11 +6,13 @@ For each model, ``export_pairs`` (configs/pose_scannet_sample.yaml, at --size) t
 ``evaluation.py --pose`` metrics with their defaults (docs/EVALUATION.md): AUC of the pose error
 at 5 / 10 / 20 degrees, matching precision and mean number of mutual-NN matches. The same as
 
-    python export_classical.py export_pairs configs/pose_scannet_sample.yaml <name>_sift --set data.root=... data.pairs=...
+    python export_classical.py export_pairs configs/pose_scannet_sample.yaml <name>_sift \
+        --set data.root=... data.pairs=...
     python evaluation.py logs/<name>_sift/predictions --pose --sift [--set evaluation.pose.ratio=0.8]
     python export.py export_pairs configs/pose_scannet_sample.yaml <name>_superpoint --set ...
     python evaluation.py logs/<name>_superpoint/predictions --pose
-    python export.py export_pairs configs/pose_scannet_sample.yaml <name>_magicpoint --set pretrained=pretrained/magicpoint_synth.pth ...
+    python export.py export_pairs configs/pose_scannet_sample.yaml <name>_magicpoint \
+        --set pretrained=pretrained/magicpoint_synth.pth ...
     python evaluation.py logs/<name>_magicpoint/predictions --pose
 
 Prints a markdown table with machine and date.
@@ -30,8 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import settings  # noqa: E402
 from evaluations.pose import evaluate_pose_folder, load_pose_settings  # noqa: E402
-from machine_info import cpu_name  # noqa: E402
 from utils.config import load_config  # noqa: E402
+
+from machine_info import cpu_name  # noqa: E402
 
 MODELS = [  # label, exporter, pretrained (None: the config's)
     ("SIFT (OpenCV, 1024 points)", "sift", None),

@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datasets import synthetic_shapes as ss  # noqa: E402
-from machine_info import cpu_name  # noqa: E402
 from utils.config import load_config  # noqa: E402
+
+from machine_info import cpu_name  # noqa: E402
 
 FULL_SET = len(ss.PRIMITIVES) * (10000 + 200 + 500)
 

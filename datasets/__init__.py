@@ -37,9 +37,14 @@ ALIASES = {
 }
 
 
+def canonical_name(name: str) -> str:
+    """Our name of a dataset given as ours or as one of the reference implementation's spellings."""
+    return ALIASES.get(name, name)
+
+
 def dataset_class(name: str):
     """The dataset class registered as ``name`` (or one of its reference spellings)."""
-    return lookup(DATASETS, ALIASES.get(name, name), "data.dataset")
+    return lookup(DATASETS, canonical_name(name), "data.dataset")
 
 
 def get_dataset(config: dict, split: str, pairs: bool = False):

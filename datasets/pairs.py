@@ -11,6 +11,7 @@ import torch
 from datasets.augmentation import Randomness, photometric_augmentation, random_warp
 from utils.geometry import inside_image, sample_homography, warp_image, warp_points, warped_valid_mask
 from utils.keypoints import gaussian_label_map, keypoints_to_map
+from utils.segmentation_labels import IGNORE_INDEX
 
 
 def _enabled(section: dict, training: bool) -> bool:
@@ -59,7 +60,7 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
     pts, kmask = pts.to(device), kmask.to(device)
     seg = batch.get("seg")
     seg = seg.to(device) if seg is not None else None
-    ignore_index = int(((data_cfg.get("segmentation") or {}).get("ignore_index", 255)))
+    ignore_index = int(((data_cfg.get("segmentation") or {}).get("ignore_index", IGNORE_INDEX)))
     valid = torch.ones(B, 1, H, W, device=device)
 
     aug = (data_cfg.get("augmentation") or {})
@@ -114,7 +115,7 @@ class PairedDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, data_cfg: dict, seed: int = 0):
         self.dataset = dataset
         self.pair_cfg = data_cfg["warped_pair"]
-        self.ignore_index = int((data_cfg.get("segmentation") or {}).get("ignore_index", 255))
+        self.ignore_index = int((data_cfg.get("segmentation") or {}).get("ignore_index", IGNORE_INDEX))
         self.seed = int(seed)
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from datasets.keypoint_labels import keypoint_labels_dir, load_keypoint_labels
 from utils.io import ImageReadError, read_image_gray
-from utils.segmentation_labels import cs34_lut
+from utils.segmentation_labels import IGNORE_INDEX, cs34_lut
 
 
 def resize_setting(data_config: dict) -> tuple[int, int] | None:
@@ -68,7 +68,7 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.size = resize_setting(data)
         self.label_set = seg.get("label_set", "cs34")
-        self.ignore_index = int(seg.get("ignore_index", 255))
+        self.ignore_index = int(seg.get("ignore_index", IGNORE_INDEX))
         self.lut = cs34_lut(self.label_set, self.ignore_index, bool(seg.get("ignore_void", True)))
         self.labels_dir = keypoint_labels_dir(data.get("labels"))
         self.image_paths: list[Path] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.geometry import warp_points
+from utils.matching import Matches
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,42 +61,6 @@ def unit_descriptor_distances(desc1: np.ndarray, desc2: np.ndarray) -> np.ndarra
         return np.zeros((len(desc1), len(desc2)), dtype=np.float32)
     dot = _matmul_t(np.ascontiguousarray(desc1, dtype=np.float32), np.ascontiguousarray(desc2, dtype=np.float32))
     return np.sqrt(2.0 - 2.0 * np.clip(dot, -1.0, 1.0))
-
-
-@dataclass
-class Matches:
-    idx1: np.ndarray       # L indices into set 1
-    idx2: np.ndarray       # L indices into set 2
-    distance: np.ndarray   # L descriptor distances
-
-    def __len__(self) -> int:
-        return len(self.idx1)
-
-
-def mutual_nearest_neighbours(dist: np.ndarray, max_distance: float | None = None,
-                              ratio: float | None = None) -> Matches:
-    """Pairs (i, j) where j is i's nearest neighbour and i is j's (``N x M`` distance matrix).
-
-    Ties go to the lowest index (as OpenCV's brute-force cross-check does). With ``max_distance``
-    only matches with ``distance < max_distance`` are kept; with ``ratio`` (Lowe's test) only those
-    whose distance is below ``ratio`` times the distance from i to its second nearest neighbour
-    (a point with a single candidate passes).
-    """
-    n, m = dist.shape
-    if n == 0 or m == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return Matches(empty, empty.copy(), np.zeros(0, dtype=np.float32))
-    nn12 = dist.argmin(axis=1)
-    nn21 = dist.argmin(axis=0)
-    keep = nn21[nn12] == np.arange(n)
-    d = dist[np.arange(n), nn12]
-    if max_distance is not None:
-        keep &= d < max_distance
-    if ratio is not None and m > 1:
-        second = np.partition(dist, 1, axis=1)[:, 1]
-        keep &= d < ratio * second
-    idx1 = np.nonzero(keep)[0]
-    return Matches(idx1, nn12[idx1], d[idx1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,7 +113,8 @@ def aggregate(per_pair: list[dict], settings: EvaluationSettings, repeatability:
         # AUC of the corner error (LightGlue / glue-factory), of the estimator chosen for it
         key = "corner_error_dlt" if settings.homography_estimator == "dlt" else "corner_error"
         auc_errors = [np.inf if p.get(key) is None else p[key] for p in per_pair]
-        out["homography_auc"] = {f"{t:g}": v for t, v in error_auc(auc_errors, settings.homography_auc_thresholds).items()}
+        aucs = error_auc(auc_errors, settings.homography_auc_thresholds)
+        out["homography_auc"] = {f"{t:g}": v for t, v in aucs.items()}
         out["homography_failures"] = len(errors) - len(ok)
         out["corner_error_mean"] = _mean(ok)
         out["corner_error_median"] = float(np.median(ok)) if ok else None
@@ -128,8 +129,7 @@ def _save_pictures(pair: PairPredictions, res: PairResult, image_dir: Path, outp
                    plot_matching: bool, settings: EvaluationSettings) -> None:
     import cv2
 
-    from utils.draw import (YELLOW, draw_keypoints, draw_matches, put_title, save_rgb, side_by_side,
-                            to_rgb_uint8)
+    from utils.draw import YELLOW, draw_keypoints, draw_matches, put_title, save_rgb, side_by_side, to_rgb_uint8
 
     stem = pair.file.stem
     m, d = res.metrics, res.drawing
@@ -155,7 +155,8 @@ def _save_pictures(pair: PairPredictions, res: PairResult, image_dir: Path, outp
                      put_title(side_by_side([warped, pair.warped_image]), title))
     if plot_matching and "match_points1" in d:
         ok = d["match_correct"]
-        label = "RANSAC inliers" if settings.protocol == "reference" else f"correct (<= {settings.correctness_distance:g} px)"
+        label = ("RANSAC inliers" if settings.protocol == "reference"
+                 else f"correct (<= {settings.correctness_distance:g} px)")
         canvas = draw_matches(pair.image, pair.warped_image, d["match_points1"], d["match_points2"], ok,
                               max_lines=MAX_DRAWN_MATCHES)
         shown = f" ({MAX_DRAWN_MATCHES} drawn)" if len(ok) > MAX_DRAWN_MATCHES else ""
@@ -233,8 +234,11 @@ def format_table(results: dict) -> str:
         head += ["NN mAP", "Matching Score"]
         row += [_fmt(m["nn_map"]), _fmt(m["matching_score"])]
     widths = [max(len(h), len(r)) for h, r in zip(head, row)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(head), sep, line(row)])
 
 
@@ -252,10 +256,12 @@ def format_report(results: dict) -> str:
                      + (" (cv2.RANSAC, as the accuracy)" if s["homography_estimator"] == "ransac"
                         else " (least-squares DLT on all mutual-NN matches)")
                      + ", failures counted as infinite")
-        lines.append(f"homography failures (counted as incorrect): {m['homography_failures']} of {results['num_pairs']}")
+        lines.append(f"homography failures (counted as incorrect): {m['homography_failures']} "
+                     f"of {results['num_pairs']}")
         lines.append(f"corner error over successful estimates: mean {_fmt(m['corner_error_mean'], 2)} px, "
                      f"median {_fmt(m['corner_error_median'], 2)} px")
-        lines.append(f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, mean RANSAC inliers {_fmt(m['mean_inliers'], 1)}")
+        lines.append(f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, "
+                     f"mean RANSAC inliers {_fmt(m['mean_inliers'], 1)}")
     lines.append(f"mean points per image: {_fmt(m['mean_points'][0], 1)} / {_fmt(m['mean_points'][1], 1)}")
     lines += ["", "====== per pair ======"]
     keys = [("repeatability", "rep", 3), ("mle", "mle", 2), ("corner_error", "corner_err", 2),

@@ -9,13 +9,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evaluations.descriptor import (corner_error, correct_within, descriptor_distances,
-                                    estimate_homography, matching_score, mutual_nearest_neighbours,
-                                    nn_average_precision, average_precision, unit_descriptor_distances)
-from evaluations.detector import in_other_image, repeatability as repeatability_of, top_k_indices
+from evaluations.descriptor import (
+    average_precision,
+    corner_error,
+    correct_within,
+    descriptor_distances,
+    estimate_homography,
+    matching_score,
+    nn_average_precision,
+    unit_descriptor_distances,
+)
 from evaluations.predictions import PairPredictions
 from evaluations.protocols import EvaluationSettings
+from evaluations.repeatability import in_other_image, repeatability as repeatability_of, top_k_indices
 from utils.geometry import homography_dlt, inside_image, warp_points
+from utils.matching import mutual_nearest_neighbours
 
 
 @dataclass

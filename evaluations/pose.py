@@ -3,7 +3,7 @@
 Per pair (``export_pairs`` predictions, :func:`evaluations.predictions.load_pose_pair`):
 
 1. the k best points of each image (``evaluation.top_k``) are matched by mutual nearest neighbour
-   (:func:`evaluations.descriptor.mutual_nearest_neighbours`; ``evaluation.nn_thresh`` and
+   (:func:`utils.matching.mutual_nearest_neighbours`; ``evaluation.nn_thresh`` and
    ``evaluation.pose.ratio`` optional);
 2. the essential matrix is estimated with OpenCV on normalised coordinates, the RANSAC threshold
    given in pixels and divided by the mean focal length of the pair, then the pose is recovered
@@ -28,12 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluations.auc import error_auc
-from evaluations.descriptor import descriptor_distances, mutual_nearest_neighbours
-from evaluations.detector import top_k_indices
+from evaluations.descriptor import descriptor_distances
 from evaluations.predictions import PosePairPredictions, check_keys, list_prediction_files, load_pose_pair
+from evaluations.repeatability import top_k_indices
 from utils.config import ConfigError, load_config
-from utils.geometry import (normalize_points, rotation_angle_error, symmetric_epipolar_error,
-                            translation_angle_error)
+from utils.geometry import normalize_points, rotation_angle_error, symmetric_epipolar_error, translation_angle_error
+from utils.matching import mutual_nearest_neighbours
 
 SCHEMA_VERSION = 1
 ESTIMATORS = ("ransac", "magsac")
@@ -45,16 +45,17 @@ MAX_DRAWN_MATCHES = 300
 class PoseSettings:
     """What defines the pose numbers (``evaluation.pose`` plus the matching keys of ``evaluation``)."""
 
-    thresholds: tuple[float, ...] = (5.0, 10.0, 20.0)
-    estimator: str = "ransac"
-    ransac_threshold: float = 1.0
-    confidence: float = 0.99999
-    epipolar_threshold: float = 5e-4
-    ratio: float | None = None
-    top_k: int = 1000
-    nn_thresh: float | None = None
-    descriptor_metric: str = "l2"
-    sift: bool = False
+    # no defaults here: they live in configs/defaults/pose.yaml and evaluation.yaml (load_pose_settings)
+    thresholds: tuple[float, ...]
+    estimator: str
+    ransac_threshold: float
+    confidence: float
+    epipolar_threshold: float
+    ratio: float | None
+    top_k: int
+    nn_thresh: float | None
+    descriptor_metric: str
+    sift: bool
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -104,18 +105,18 @@ class PoseSettings:
 
 def pose_settings(config: dict, top_k: int | None = None, sift: bool = False) -> PoseSettings:
     """Settings from a loaded config (``evaluation`` section); ``top_k`` (not None) wins."""
-    ev = config.get("evaluation", {})
-    p = ev.get("pose", {})
+    ev = config["evaluation"]
+    p = ev["pose"]
     return PoseSettings(
-        thresholds=tuple(float(t) for t in p.get("thresholds", (5.0, 10.0, 20.0))),
-        estimator=p.get("estimator", "ransac"),
-        ransac_threshold=float(p.get("ransac_threshold", 1.0)),
-        confidence=float(p.get("confidence", 0.99999)),
-        epipolar_threshold=float(p.get("epipolar_threshold", 5e-4)),
-        ratio=None if p.get("ratio") is None else float(p["ratio"]),
-        top_k=int(top_k if top_k is not None else ev.get("top_k", 1000)),
-        nn_thresh=ev.get("nn_thresh"),
-        descriptor_metric=ev.get("descriptor_metric", "l2"),
+        thresholds=tuple(float(t) for t in p["thresholds"]),
+        estimator=p["estimator"],
+        ransac_threshold=float(p["ransac_threshold"]),
+        confidence=float(p["confidence"]),
+        epipolar_threshold=float(p["epipolar_threshold"]),
+        ratio=None if p["ratio"] is None else float(p["ratio"]),
+        top_k=int(top_k if top_k is not None else ev["top_k"]),
+        nn_thresh=ev["nn_thresh"],
+        descriptor_metric=ev["descriptor_metric"],
         sift=bool(sift),
     )
 
@@ -303,8 +304,11 @@ def format_pose_table(results: dict) -> str:
     row = [str(results["num_pairs"]), str(s["top_k"] or "all")]
     row += [_fmt(v) for v in m["pose_auc"].values()] + [_fmt(m["precision"]), _fmt(m["mean_matches"], 1)]
     widths = [max(len(h), len(r)) for h, r in zip(head, row)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(head), sep, line(row)])
 
 
@@ -317,7 +321,8 @@ def format_pose_report(results: dict) -> str:
     lines += ["", format_pose_table(results), "",
               f"pose failures (infinite error): {m['pose_failures']} of {results['num_pairs']}",
               f"median pose error: {_fmt(m['median_pose_error'], 2)} deg",
-              f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, mean inliers of the recovered pose (RANSAC + cheirality) {_fmt(m['mean_inliers'], 1)}",
+              f"mean mutual-NN matches {_fmt(m['mean_matches'], 1)}, "
+              f"mean inliers of the recovered pose (RANSAC + cheirality) {_fmt(m['mean_inliers'], 1)}",
               "", "====== per pair ======"]
     for p in results["per_pair"]:
         lines.append(f"{p['file']}  {p['name'] or ''}  err_R={_fmt(p['error_R'], 2)}  err_t={_fmt(p['error_t'], 2)}  "

@@ -24,20 +24,23 @@ EVALUATOR_VERSION = "1.0"
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    protocol: str = "ours"
-    top_k: int = 1000
-    correctness_distance: float = 3.0
-    homography_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0)
-    ransac_threshold: float = 3.0
-    ransac_max_iters: int = 2000
-    ransac_confidence: float = 0.995
-    descriptor_metric: str = "l2"
-    nn_thresh: float | None = None
-    sift: bool = False
-    reference_image_size: tuple[int, int] = (240, 320)
-    reference_nn_thresh: float = 1.2
-    homography_auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0)
-    homography_estimator: str = "ransac"
+    """The ``evaluation:`` section as typed fields; its defaults live only in configs/defaults/evaluation.yaml
+    (build one with :func:`load_settings`)."""
+
+    protocol: str
+    top_k: int
+    correctness_distance: float
+    homography_thresholds: tuple[float, ...]
+    ransac_threshold: float
+    ransac_max_iters: int
+    ransac_confidence: float
+    descriptor_metric: str
+    nn_thresh: float | None
+    sift: bool
+    reference_image_size: tuple[int, int]
+    reference_nn_thresh: float
+    homography_auc_thresholds: tuple[float, ...]
+    homography_estimator: str
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -68,7 +71,8 @@ class EvaluationSettings:
             raise ConfigError(f"evaluation.homography_auc.estimator: expected ransac or dlt, "
                               f"got {self.homography_estimator!r}")
         if len(self.reference_image_size) != 2 or min(self.reference_image_size) < 2:
-            raise ConfigError(f"evaluation.reference.image_size: expected [H, W], got {list(self.reference_image_size)}")
+            raise ConfigError("evaluation.reference.image_size: expected [H, W], "
+                              f"got {list(self.reference_image_size)}")
 
     @property
     def match_thresh(self) -> float | None:
@@ -97,26 +101,24 @@ class EvaluationSettings:
 
 def settings_from_config(config: dict, protocol: str | None = None, top_k: int | None = None,
                          sift: bool = False) -> EvaluationSettings:
-    """Settings from a loaded config's ``evaluation:`` section; CLI values (not None) win."""
-    ev = config.get("evaluation", {})
-    ransac = ev.get("ransac", {})
-    ref = ev.get("reference", {})
-    auc = ev.get("homography_auc", {})
+    """Settings from a loaded (defaults-merged) config's ``evaluation:`` section; CLI values (not None) win."""
+    ev = config["evaluation"]
+    ransac, ref, auc = ev["ransac"], ev["reference"], ev["homography_auc"]
     return EvaluationSettings(
-        protocol=protocol if protocol is not None else ev.get("protocol", "ours"),
-        top_k=int(top_k if top_k is not None else ev.get("top_k", 1000)),
-        correctness_distance=float(ev.get("correctness_distance", 3.0)),
-        homography_thresholds=tuple(float(t) for t in ev.get("homography_thresholds", (1.0, 3.0, 5.0))),
-        ransac_threshold=float(ransac.get("threshold", 3.0)),
-        ransac_max_iters=int(ransac.get("max_iters", 2000)),
-        ransac_confidence=float(ransac.get("confidence", 0.995)),
-        descriptor_metric=ev.get("descriptor_metric", "l2"),
-        nn_thresh=ev.get("nn_thresh"),
+        protocol=protocol if protocol is not None else ev["protocol"],
+        top_k=int(top_k if top_k is not None else ev["top_k"]),
+        correctness_distance=float(ev["correctness_distance"]),
+        homography_thresholds=tuple(float(t) for t in ev["homography_thresholds"]),
+        ransac_threshold=float(ransac["threshold"]),
+        ransac_max_iters=int(ransac["max_iters"]),
+        ransac_confidence=float(ransac["confidence"]),
+        descriptor_metric=ev["descriptor_metric"],
+        nn_thresh=ev["nn_thresh"],
         sift=bool(sift),
-        reference_image_size=tuple(int(v) for v in ref.get("image_size", (240, 320))),
-        reference_nn_thresh=float(ref.get("nn_thresh", 1.2)),
-        homography_auc_thresholds=tuple(float(t) for t in auc.get("thresholds", (1.0, 3.0, 5.0))),
-        homography_estimator=auc.get("estimator", "ransac"),
+        reference_image_size=tuple(int(v) for v in ref["image_size"]),
+        reference_nn_thresh=float(ref["nn_thresh"]),
+        homography_auc_thresholds=tuple(float(t) for t in auc["thresholds"]),
+        homography_estimator=auc["estimator"],
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.io import atomic_imwrite, atomic_write_text
-from utils.segmentation_labels import LABEL_SETS, categories_json, cs34_lut, read_categories
+from utils.segmentation_labels import IGNORE_INDEX, LABEL_SETS, categories_json, cs34_lut, read_categories
 
 RESULTS_JSON = "segmentation_results.json"
 RESULTS_TABLE = "segmentation_results.txt"
@@ -53,7 +53,7 @@ def _compact(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(ids[pos] == labels, pos, -1)
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, class_ids, ignore_index: int = 255) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, class_ids, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Confusion counts ``K x (K + 1)`` int64: row = ground-truth class, column = predicted class,
     in the order of ``class_ids`` (K classes); the last column counts predictions that are not a
     class. Ground-truth pixels equal to ``ignore_index`` or not a class are skipped.
@@ -192,7 +192,7 @@ def _scores(cm: np.ndarray, names: list[str], num_images: int) -> dict:
 
 
 def evaluate_segmentation_folder(pred_dir: Path, output_img: bool = False, category_file: str | None = None,
-                                 ignore_index: int = 255) -> dict:
+                                 ignore_index: int = IGNORE_INDEX) -> dict:
     """Evaluate every ``*.npz`` of ``pred_dir`` (see the module docstring).
 
     Returns ``{"mIoU", "pixel_accuracy", "mean_accuracy", "per_class_iou": {name: IoU or None},

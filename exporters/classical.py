@@ -7,7 +7,8 @@ L2 distance between two rows is their Hamming distance). OpenCV may return the s
 twice with different orientations (and so different descriptors); both rows are kept.
 
 With ``--correspondence`` each file also gets the mutual nearest-neighbour matches of the two
-descriptor sets (brute force, L2 for SIFT, Hamming for ORB), sorted by distance:
+descriptor sets (:func:`utils.matching.mutual_nearest_neighbours`; L2 for SIFT, Hamming for ORB),
+sorted by distance:
 ``matches`` (M x 4 float32: x, y in image, x, y in warped_image), ``match_indices`` (M x 2
 int64 rows of prob / warped_prob) and ``match_distance`` (M float32).
 """
@@ -19,10 +20,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from evaluations.descriptor import descriptor_distances
+from exporters.predictions import (
+    StagedExport,
+    base_record,
+    count_pairs,
+    iterate_pairs,
+    keypoint_fields,
+    pair_dataset,
+)
 from utils.cli import UserError
-
-from exporters.predictions import (StagedExport, base_record, count_pairs, iterate_pairs, keypoint_fields,
-                                   pair_dataset)
+from utils.matching import mutual_nearest_neighbours
 
 METHODS = ("sift", "orb")
 ALL_KEYPOINTS = 1_000_000  # OpenCV's ORB needs a positive budget; "all" in practice
@@ -49,7 +57,7 @@ class ClassicalFeatures:
                                             contrastThreshold=float(p.get("contrast_threshold", 0.04)),
                                             edgeThreshold=float(p.get("edge_threshold", 10.0)),
                                             sigma=float(p.get("sigma", 1.6)))
-            self.norm = cv2.NORM_L2
+            self.metric = "l2"
         else:
             p = cfg.get("orb", {})
             self.detector = cv2.ORB_create(nfeatures=self.top_k if self.top_k > 0 else ALL_KEYPOINTS,
@@ -57,7 +65,7 @@ class ClassicalFeatures:
                                            nlevels=int(p.get("n_levels", 8)),
                                            edgeThreshold=int(p.get("edge_threshold", 31)),
                                            fastThreshold=int(p.get("fast_threshold", 20)))
-            self.norm = cv2.NORM_HAMMING
+            self.metric = "hamming"
 
     def __call__(self, image: np.ndarray):
         keypoints, raw = self.detector.detectAndCompute(image, None)
@@ -80,14 +88,17 @@ class ClassicalFeatures:
         return points, scores, desc, raw
 
 
-def mutual_matches(raw0: np.ndarray, raw1: np.ndarray, norm: int):
+def mutual_matches(raw0: np.ndarray, raw1: np.ndarray, metric: str):
     """Mutual nearest neighbours -> (M x 2 int64 indices, M float32 distances), by distance."""
-    if len(raw0) == 0 or len(raw1) == 0:
-        return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
-    found = cv2.BFMatcher(norm, crossCheck=True).match(raw0, raw1)
-    idx = np.array([[m.queryIdx, m.trainIdx] for m in found], np.int64).reshape(-1, 2)
-    dist = np.array([m.distance for m in found], np.float32)
+    found = mutual_nearest_neighbours(descriptor_distances(raw0, raw1, metric))
+    dist = found.distance
+    if metric == "l2":
+        # the matrix product loses ~1e-5 on unit vectors; the matched rows' distances, directly
+        diff = raw0[found.idx1].astype(np.float64) - raw1[found.idx2].astype(np.float64)
+        dist = np.sqrt((diff * diff).sum(axis=1))
+    dist = dist.astype(np.float32)
     order = np.argsort(dist, kind="stable")
+    idx = np.stack([found.idx1, found.idx2], axis=1).astype(np.int64).reshape(-1, 2)
     return idx[order], dist[order]
 
 
@@ -128,7 +139,7 @@ def export(config: dict, export_dir: Path, args, geometry: str) -> int:
             record.update(keypoint_fields(p0, s0, d0))
             record.update(keypoint_fields(p1, s1, d1, prefix="warped_"))
             if with_matches:
-                idx, dist = mutual_matches(raw0, raw1, features.norm)
+                idx, dist = mutual_matches(raw0, raw1, features.metric)
                 record["matches"] = np.concatenate([p0[idx[:, 0]], p1[idx[:, 1]]], axis=1).astype(np.float32)
                 record["match_indices"] = idx
                 record["match_distance"] = dist

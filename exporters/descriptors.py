@@ -18,14 +18,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from exporters.predictions import (
+    StagedExport,
+    base_record,
+    count_pairs,
+    iterate_pairs,
+    keypoint_fields,
+    pair_dataset,
+)
 from models import load_pretrained
-from training.checkpoints import resolve_pretrained
 from models.frontend import Frontend, inference_frontend
+from training.checkpoints import resolve_pretrained
 from utils.cli import UserError, resolve_device
 from utils.segmentation_labels import class_ids
-
-from exporters.predictions import (StagedExport, base_record, count_pairs, iterate_pairs, keypoint_fields,
-                                   pair_dataset)
 
 
 def build_frontend(config: dict) -> Frontend:

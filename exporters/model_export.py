@@ -1,6 +1,7 @@
 """``export_model``: write the network as a deployable ONNX or TorchScript file.
 
     python export.py export_model <config> <name> --format onnx|torchscript
+    python export.py export_model <config> <name> --format onnx --precision int8 --calibration DIR
 
 writes ``<EXPER_PATH>/<name>/superpoint.onnx`` (or ``superpoint.pt``) from the config's model and
 ``pretrained`` weights. The file holds the network only: input ``image`` ``B x 1 x H x W``
@@ -11,9 +12,18 @@ top-k, descriptor sampling) stays outside the file: its NMS is a data-dependent 
 neither format expresses well; docs/DEPLOYMENT.md shows it on ONNX Runtime outputs. Batch norm
 runs in eval mode (the ONNX exporter folds it into the convolutions). After writing, the file is
 loaded back and checked against PyTorch at two input sizes; a difference above 1e-4 is an error.
+
+``--precision int8`` writes ``superpoint_int8.onnx`` instead: the same inputs and outputs, statically
+quantized by ONNX Runtime (:mod:`models.int8`) with activation ranges calibrated on ``count``
+images of ``--calibration DIR`` (settings: ``inference.int8``; the calibration is cached), and
+``superpoint_int8.json`` beside it: the calibration images (names, SHA-256), size, method, the
+float32 layers, the ONNX Runtime version and the check against PyTorch fp32 (on the first
+calibration image at two sizes: shapes must match, descriptors must keep a mean cosine of at
+least 0.98 to PyTorch's).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -24,10 +34,12 @@ from models import load_pretrained
 from models.onnx_runtime import TupleOutputs, cpu_session, onnx_bytes, output_names
 from training.checkpoints import resolve_pretrained
 from utils.cli import UserError
-from utils.io import atomic_path, atomic_write_bytes
+from utils.io import atomic_path, atomic_write_bytes, atomic_write_text
 
 FORMATS = {"onnx": "superpoint.onnx", "torchscript": "superpoint.pt"}
+INT8_FILE = "superpoint_int8.onnx"  # and its record superpoint_int8.json
 TOLERANCE = 1e-4
+INT8_MIN_COSINE = 0.98  # int8 descriptors against PyTorch fp32: below this the quantization is broken
 CHECK_SIZES = ((64, 80), (96, 128))  # two different H x W: the dynamic axes really are dynamic
 
 
@@ -89,12 +101,72 @@ def check_parity(model: torch.nn.Module, path: Path, fmt: str, names: tuple[str,
     return worst
 
 
+def check_int8(model: torch.nn.Module, path: Path, names: tuple[str, ...], image_file: Path,
+               sizes=CHECK_SIZES) -> dict:
+    """The int8 file against PyTorch fp32 on a real image at ``sizes``: output shapes must match
+    (the axes stay dynamic); returns the largest |semi| difference and the smallest per-size mean
+    cosine between the descriptors."""
+    from models.int8 import load_calibration_image
+
+    runner = exported_runner(path, "onnx")
+    semi_diff, cosine = 0.0, 1.0
+    for h, w in sizes:
+        image = load_calibration_image(image_file, (h, w))
+        with torch.no_grad():
+            ref = model(torch.from_numpy(image))
+        got = dict(zip(names, runner(image)))
+        for n in names:
+            if got[n].shape != tuple(ref[n].shape):
+                raise RuntimeError(f"{path}: output {n} has shape {got[n].shape} at {h}x{w}, "
+                                   f"expected {tuple(ref[n].shape)}")
+        semi_diff = max(semi_diff, float(np.abs(got["semi"] - ref["semi"].numpy()).max()))
+        cosine = min(cosine, float((got["desc"] * ref["desc"].numpy()).sum(axis=1).mean()))
+    return {"image": str(image_file), "sizes": [list(s) for s in sizes],
+            "semi_max_abs_difference": semi_diff, "desc_mean_cosine": cosine}
+
+
+def export_int8(model: torch.nn.Module, export_dir: Path, config: dict, calibration: str | None) -> Path:
+    """``superpoint_int8.onnx`` and its record ``superpoint_int8.json`` (see the module docstring)."""
+    from models.int8 import int8_settings, quantize_int8
+
+    settings = int8_settings((config.get("inference") or {}).get("int8"), calibration)
+    if settings.calibration is None:
+        raise UserError("--precision int8 needs --calibration DIR: a folder of your own images "
+                        "(not evaluation images), or inference.int8.calibration in the config")
+    data, record = quantize_int8(model, settings)
+    path = Path(export_dir) / INT8_FILE
+    atomic_write_bytes(path, data)
+    first = settings.calibration / record["calibration"]["images"][0]
+    record["check"] = check_int8(model, path, output_names(model), first, CHECK_SIZES + (settings.size,))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    if record["check"]["desc_mean_cosine"] < INT8_MIN_COSINE:
+        raise RuntimeError(f"{path}: int8 descriptors differ from PyTorch fp32 (mean cosine "
+                           f"{record['check']['desc_mean_cosine']:.3f} < {INT8_MIN_COSINE}); "
+                           f"see {path.with_suffix('.json')}")
+    return path
+
+
 def run(config: dict, export_dir: Path, args) -> int:
-    """Export the configured model; ``args.format`` is ``onnx`` (default) or ``torchscript``."""
+    """Export the configured model; ``args.format`` is ``onnx`` (default) or ``torchscript``;
+    ``args.precision`` ``int8`` (ONNX only) quantizes it with ``args.calibration`` images."""
     fmt = getattr(args, "format", None) or "onnx"
     if fmt not in FORMATS:
         raise UserError(f"--format: unknown format {fmt!r} (expected {' or '.join(FORMATS)})")
+    precision = getattr(args, "precision", None) or "fp32"
+    if precision not in ("fp32", "int8"):
+        raise UserError(f"--precision: unknown value {precision!r} (expected fp32 or int8)")
+    if precision == "int8" and fmt != "onnx":
+        raise UserError(f"--precision int8 exists for --format onnx only (got --format {fmt})")
     model = load_model(config)
+    if precision == "int8":
+        path = export_int8(model, Path(export_dir), config, getattr(args, "calibration", None))
+        record = json.loads(path.with_suffix(".json").read_text())
+        cal, check = record["calibration"], record["check"]
+        print(f"wrote {path} and {path.with_suffix('.json').name} (int8, {cal['method']} calibration on "
+              f"{len(cal['images'])} images at {cal['size'][0]}x{cal['size'][1]}, "
+              f"{'cached' if cal['cache_hit'] else 'computed'}; against PyTorch fp32: descriptor cosine "
+              f"{check['desc_mean_cosine']:.4f}, max |semi difference| {check['semi_max_abs_difference']:.2f})")
+        return 0
     names = output_names(model)
     path = Path(export_dir) / FORMATS[fmt]
     sample = torch.rand(1, 1, *CHECK_SIZES[0], generator=torch.Generator().manual_seed(1))

@@ -129,15 +129,22 @@ def resolve_engine(engine: str, precision: str, device: torch.device, model: tor
     """The engine (``fast``, ``eager`` or ``onnxruntime``) that runs ``model`` for ``inference.engine``.
 
     ``auto`` is the fastest engine that gives the fp32 results on ``device`` (docs/DEPLOYMENT.md):
-    ONNX Runtime for fp32 on the CPU (about 10 % faster than the fast engine's fp32 there), the
-    fast engine otherwise. A network that is not a SuperPoint layout runs eager under ``auto`` and
-    ``fast``.
+    ONNX Runtime for fp32 on the CPU (about 10 % faster than the fast engine's fp32 there) and
+    for int8 (its only engine), the fast engine otherwise. A network that is not a SuperPoint
+    layout runs eager under ``auto`` and ``fast``.
     """
     from models.inference import folded_layers
     from utils.config import ConfigError
 
     if engine not in ENGINES:
         raise ConfigError(f"inference.engine: unknown value {engine!r} (expected {' or '.join(ENGINES)})")
+    if precision == "int8":  # int8 exists only as a quantized ONNX model
+        if engine not in ("auto", "onnxruntime"):
+            raise ConfigError(f"inference.engine: {engine} has no int8 path; int8 runs on ONNX Runtime "
+                              f"(engine: auto or onnxruntime)")
+        if not _onnxruntime_available():
+            raise ConfigError("inference.precision: int8 needs the onnxruntime package (pip install onnxruntime)")
+        engine = "onnxruntime"
     if engine == "onnxruntime":
         if device.type != "cpu":
             raise ConfigError(f"inference.engine: onnxruntime runs on the CPU only (device is {device}); "
@@ -161,8 +168,10 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     keypoint settings of ``model:``. The fast engine copies the weights into a
     :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
     engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
-    ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision;
-    ``auto`` picks one (:func:`resolve_engine`). Post-processing is float32 in every case.
+    ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision,
+    except ``int8``: the export quantized with the calibration of ``inference.int8``
+    (:func:`models.int8.quantize_int8`, calibration cached); ``auto`` picks one
+    (:func:`resolve_engine`). Post-processing is float32 in every case.
     ``model`` itself is moved to ``device`` and put in eval mode (and, for the eager engine, to
     channels-last).
     """
@@ -176,7 +185,11 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     settings = keypoint_settings(config["model"])
     if engine == "onnxruntime":
         from models.onnx_runtime import OnnxRuntimeNetwork
-        return Frontend(OnnxRuntimeNetwork(model), **settings)
+        onnx_model = None
+        if precision == "int8":
+            from models.int8 import int8_settings, quantize_int8
+            onnx_model, _ = quantize_int8(model, int8_settings(inf.get("int8")))
+        return Frontend(OnnxRuntimeNetwork(model, onnx_model=onnx_model), **settings)
     if engine == "fast":
         net = FastSuperPoint(model, precision, strip_rows=int(inf.get("strip_rows", 64)))
         return Frontend(net, **settings)

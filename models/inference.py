@@ -240,9 +240,11 @@ def resolve_inference_precision(precision: str, device: torch.device, training_p
     ``auto`` is fp32 on every device: it is the one choice that leaves HPatches results
     unchanged (docs/DEPLOYMENT.md). ``mixed`` and ``bf16`` (CPUs with native bf16, GPUs) and
     ``fp16`` (GPUs) are faster, but move keypoints and matches enough to change homography
-    accuracy on the embedded HPatches-style set by 0.02-0.12, so they are opt-in. An explicit
-    top-level ``precision`` (``training_precision`` other than auto) is honoured by ``auto``, so
-    that a config pinned to fp32 stays fp32 everywhere.
+    accuracy on the embedded HPatches-style set by 0.02-0.12, so they are opt-in; so is ``int8``
+    (CPU only: ONNX Runtime on a statically quantized export, :mod:`models.int8`; not a
+    :data:`PRECISIONS` entry of the fast engine). An explicit top-level ``precision``
+    (``training_precision`` other than auto) is honoured by ``auto``, so that a config pinned to
+    fp32 stays fp32 everywhere.
     """
     from utils.config import ConfigError
 
@@ -250,9 +252,14 @@ def resolve_inference_precision(precision: str, device: torch.device, training_p
         precision = {"float32": "fp32"}.get(training_precision, training_precision)
     if precision == "auto":
         return "fp32"
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ConfigError(f"inference.precision: int8 runs on the CPU only (ONNX Runtime's CPU provider), "
+                              f"device is {device}; use fp32, fp16 or bf16 on a GPU")
+        return precision
     if precision not in PRECISIONS:
         raise ConfigError(f"inference.precision: unknown value {precision!r} "
-                          f"(expected auto, {', '.join(PRECISIONS)})")
+                          f"(expected auto, {', '.join(PRECISIONS)}, int8)")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("inference.precision: fp16 needs a CUDA device (use fp32, mixed or bf16 on the CPU)")
     if precision in ("bf16", "mixed") and device.type == "cuda" and not torch.cuda.is_bf16_supported():

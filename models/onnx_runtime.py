@@ -68,18 +68,22 @@ def cpu_session(model_bytes_or_path, threads: int | None = None):
 
 
 class OnnxRuntimeNetwork(torch.nn.Module):
-    """``model`` exported to ONNX and run by ONNX Runtime on the CPU, in float32.
+    """``model`` exported to ONNX and run by ONNX Runtime on the CPU, in float32 (or a given
+    ONNX model of it, such as the int8 one).
 
     Called like the module: ``B x 1 x H x W`` float images -> ``{"semi", "desc"[, "seg"]}`` float32
-    CPU tensors. The export takes a few seconds, once, at construction.
+    CPU tensors. The export takes a few seconds, once, at construction. ``onnx_model``: run this
+    ONNX model of ``model`` instead of a fresh fp32 export (e.g. the int8 one of ``models.int8``).
     """
 
-    def __init__(self, model: torch.nn.Module, threads: int | None = None):
+    def __init__(self, model: torch.nn.Module, threads: int | None = None, onnx_model: bytes | None = None):
         super().__init__()
         model = model.eval()
         self.names = output_names(model)
-        cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-        self.session = cpu_session(onnx_bytes(cpu_model, self.names, torch.rand(1, 1, 64, 80)), threads)
+        if onnx_model is None:
+            cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+            onnx_model = onnx_bytes(cpu_model, self.names, torch.rand(1, 1, 64, 80))
+        self.session = cpu_session(onnx_model, threads)
 
     def forward(self, images: torch.Tensor) -> dict:
         image = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())

@@ -47,8 +47,11 @@ class SuperPointNet(nn.Module):
         x = F.max_pool2d(x, 2)
         return F.relu(self.conv4b(F.relu(self.conv4a(x))))
 
+    def describe(self, feat: torch.Tensor) -> torch.Tensor:
+        """Encoder features -> unit descriptors ``B x D x H/8 x W/8`` (the descriptor head)."""
+        return F.normalize(self.convDb(F.relu(self.convDa(feat))), p=2, dim=1)
+
     def forward(self, x: torch.Tensor) -> dict:
         feat = self.encode(x)
         semi = self.convPb(F.relu(self.convPa(feat)))
-        desc = F.normalize(self.convDb(F.relu(self.convDa(feat))), p=2, dim=1)
-        return {"semi": semi, "desc": desc}
+        return {"semi": semi, "desc": self.describe(feat)}

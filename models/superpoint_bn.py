@@ -73,11 +73,14 @@ class SuperPointNet_gauss2(nn.Module):
         """``B x 1 x H x W`` -> 1/8-resolution features ``B x 128 x H/8 x W/8``."""
         return self.down3(self.down2(self.down1(self.inc(x))))
 
+    def describe(self, feat: torch.Tensor) -> torch.Tensor:
+        """Encoder features -> unit descriptors ``B x D x H/8 x W/8`` (the descriptor head)."""
+        return F.normalize(self.bnDb(self.convDb(F.relu(self.bnDa(self.convDa(feat))))), p=2, dim=1)
+
     def forward(self, x: torch.Tensor) -> dict:
         feat = self.encode(x)
         semi = self.bnPb(self.convPb(F.relu(self.bnPa(self.convPa(feat)))))
-        desc = self.bnDb(self.convDb(F.relu(self.bnDa(self.convDa(feat)))))
-        out = {"semi": semi, "desc": F.normalize(desc, p=2, dim=1)}
+        out = {"semi": semi, "desc": self.describe(feat)}
         if hasattr(self, "seg_head"):
             out["seg"] = self.seg_head(feat, x.shape[-2:])
         return out

@@ -62,6 +62,10 @@ class SuperPointTF(nn.Module):
         """``B x 1 x H x W`` in [0, 1] -> 1/8-resolution features ``B x 128 x H/8 x W/8``."""
         return self.backbone(x * self.input_scale)
 
+    def describe(self, feat: torch.Tensor) -> torch.Tensor:
+        """Encoder features -> unit descriptors ``B x D x H/8 x W/8`` (the descriptor head)."""
+        return F.normalize(self.descriptor(feat), p=2, dim=1)
+
     def forward(self, x: torch.Tensor) -> dict:
         feat = self.encode(x)
-        return {"semi": self.detector(feat), "desc": F.normalize(self.descriptor(feat), p=2, dim=1)}
+        return {"semi": self.detector(feat), "desc": self.describe(feat)}

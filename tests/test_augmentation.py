@@ -1,12 +1,18 @@
-import math
 
-import numpy as np
 import pytest
 import torch
 
-from datasets.augmentation import (Randomness, additive_gaussian_noise, additive_shade, additive_speckle_noise,
-                                   motion_blur, photometric_augmentation, random_brightness, random_contrast,
-                                   random_warp)
+from datasets.augmentation import (
+    Randomness,
+    additive_gaussian_noise,
+    additive_shade,
+    additive_speckle_noise,
+    motion_blur,
+    photometric_augmentation,
+    random_brightness,
+    random_contrast,
+    random_warp,
+)
 from datasets.pairs import prepare_batch
 from utils.config import load_config
 

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from datasets.augmentation import Randomness
-from training.descriptor_losses import (cell_centers, dense_descriptor_loss, dense_descriptor_loss_naive,
-                                        sample_sparse_pairs, sparse_descriptor_loss, warp_cell_centers)
+from training.descriptor_losses import (
+    cell_centers,
+    dense_descriptor_loss,
+    dense_descriptor_loss_naive,
+    sample_sparse_pairs,
+    sparse_descriptor_loss,
+    warp_cell_centers,
+)
 from utils.geometry import sample_homography, warped_valid_mask
 
 H_IMG, W_IMG = 48, 64  # 6 x 8 cells

@@ -17,9 +17,9 @@ import torch
 import datasets
 import settings
 from models import build_model
+from tests.fixtures.recorder import Recorder
 from training.checkpoints import list_checkpoints, load_checkpoint
 from training.trainer import Trainer
-from tests.fixtures.recorder import Recorder
 from utils.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +76,8 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path, monkeypatch
 
     exp = settings.exper_path()
     assert [i for i, _ in list_checkpoints(exp / "ddp" / "checkpoints")] == [2]
-    w_ddp = load_checkpoint(exp / "ddp" / "checkpoints" / "superPointNet_4_checkpoint.pth.tar.nonfinite")["model_state_dict"]
+    w_ddp = load_checkpoint(exp / "ddp" / "checkpoints" / "superPointNet_4_checkpoint.pth.tar.nonfinite")
+    w_ddp = w_ddp["model_state_dict"]
     w_one = load_checkpoint(exp / "single" / "checkpoints" / "superPointNet_4_checkpoint.pth.tar")["model_state_dict"]
     torch.manual_seed(cfg["seed"])  # the trainer's initial weights
     init = build_model(cfg["model"]).state_dict()

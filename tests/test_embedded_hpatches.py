@@ -5,8 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.embedded_hpatches import (SEQUENCES, build_embedded_hpatches, ensure_embedded_hpatches,
-                                        is_complete)
+from datasets.embedded_hpatches import SEQUENCES, build_embedded_hpatches, ensure_embedded_hpatches, is_complete
 from datasets.hpatches import HPatches
 from utils.config import load_config
 

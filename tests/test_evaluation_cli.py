@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from evaluation_cases import perfect_arrays
+
 from evaluation import main
 from utils.io import atomic_save_npz
 
@@ -171,11 +171,3 @@ def test_cli_segmentation_dispatch(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "mIoU" in out and "0.6250" in out
     assert not (tmp_path / "results.json").exists()  # no HPatches metrics were asked for
-
-
-def test_cli_segmentation_unavailable_is_a_clean_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "evaluations.segmentation", None)  # import fails
-    pred = tmp_path / "preds"
-    pred.mkdir()
-    assert main([str(pred), "--evaluate-segmentation"]) == 2
-    assert "segmentation evaluation is not available" in capsys.readouterr().err

@@ -1,14 +1,22 @@
 """Descriptor metrics on hand-made cases: distances, matching, homography accuracy, NN mAP, MS."""
 import numpy as np
 import pytest
-
 from evaluation_cases import H_PERSP, make_pair, perfect_arrays, unit_rows
-from evaluations.descriptor import (Matches, average_precision, corner_error, descriptor_distances,
-                                    estimate_homography, homography_accuracy, matching_score,
-                                    mutual_nearest_neighbours, nn_average_precision)
+
+from evaluations.descriptor import (
+    Matches,
+    average_precision,
+    corner_error,
+    descriptor_distances,
+    estimate_homography,
+    homography_accuracy,
+    matching_score,
+    nn_average_precision,
+)
 from evaluations.pair_metrics import evaluate_pair
-from evaluations.protocols import EvaluationSettings
+from evaluations.protocols import load_settings
 from utils.geometry import warp_points
+from utils.matching import mutual_nearest_neighbours
 
 
 def test_l2_and_hamming_distances_by_hand():
@@ -114,7 +122,7 @@ def test_pair_metrics_perfect_pair_all_best():
     a = perfect_arrays(3)
     pair = make_pair(a["prob"][:, :2], a["warped_prob"][:, :2], a["desc"], a["warped_desc"], a["homography"],
                      scores1=a["prob"][:, 2], scores2=a["warped_prob"][:, 2])
-    m = evaluate_pair(pair, EvaluationSettings()).metrics
+    m = evaluate_pair(pair, load_settings()).metrics
     assert m["repeatability"] == 1.0 and m["mle"] == pytest.approx(0.0, abs=1e-3)
     assert m["homography_ok"] and m["corner_error"] < 1e-2
     assert m["nn_ap"] == 1.0 and m["matching_score"] == 1.0
@@ -132,7 +140,7 @@ def test_pair_metrics_matching_score_and_shared_region():
     d1 = unit_rows(rng.normal(size=(6, 16)))
     d2 = np.r_[d1[:3], unit_rows(d1[3:4] + 0.3 * rng.normal(size=(1, 16))), unit_rows(rng.normal(size=(1, 16)))]
     pair = make_pair(p1, p2, d1, d2, H)
-    m = evaluate_pair(pair, EvaluationSettings(), repeatability=True, homography=True).metrics
+    m = evaluate_pair(pair, load_settings(), repeatability=True, homography=True).metrics
     assert m["n_shared"] == [4, 4]
     assert m["repeatability"] == pytest.approx(6 / 8)
     assert m["n_correct_matches"] == 3
@@ -145,7 +153,7 @@ def test_top_k_limits_every_metric():
     a = perfect_arrays(5)
     pair = make_pair(a["prob"][:, :2], a["warped_prob"][:, :2], a["desc"], a["warped_desc"], a["homography"],
                      scores1=a["prob"][:, 2], scores2=a["warped_prob"][:, 2])
-    m = evaluate_pair(pair, EvaluationSettings(top_k=10)).metrics
+    m = evaluate_pair(pair, load_settings(top_k=10)).metrics
     assert m["n_shared"] == [10, 10]
     # the 10 best of each image are different points: repeatability is their overlap
     best1 = set(np.argsort(-a["prob"][:, 2])[:10].tolist())
@@ -160,9 +168,9 @@ def test_pair_without_detections_in_one_image():
     a = perfect_arrays(6, n=20)
     pair = make_pair(a["prob"][:, :2], np.zeros((0, 2)), a["desc"], np.zeros((0, 32), np.float32),
                      a["homography"], scores1=a["prob"][:, 2])
-    m = evaluate_pair(pair, EvaluationSettings()).metrics
+    m = evaluate_pair(pair, load_settings()).metrics
     assert m["repeatability"] == 0.0 and np.isnan(m["mle"])
     assert not m["homography_ok"] and m["corner_error"] == float("inf")
     assert m["nn_ap"] == 0.0 and m["matching_score"] == 0.0 and m["n_matches"] == 0
-    ref = evaluate_pair(pair, EvaluationSettings(protocol="reference")).metrics
+    ref = evaluate_pair(pair, load_settings(protocol="reference")).metrics
     assert ref["repeatability"] == 0.0 and ref["matching_score"] == 0.0 and ref["nn_ap"] == 0.0

@@ -1,7 +1,7 @@
 """utils/draw.py: colours and positions of drawn keypoints and matches."""
 import numpy as np
 
-from utils.draw import draw_keypoints, draw_matches, put_title, save_rgb, side_by_side, to_rgb_uint8
+from utils.draw import GREEN, RED, draw_keypoints, draw_matches, put_title, save_rgb, side_by_side, to_rgb_uint8
 
 
 def test_to_rgb_uint8_scales_floats_and_keeps_uint8():
@@ -41,3 +41,16 @@ def test_save_rgb_writes_a_png(tmp_path):
     save_rgb(tmp_path / "a" / "x.png", img)
     back = cv2.imread(str(tmp_path / "a" / "x.png"))
     assert back[0, 0].tolist() == [0, 0, 255]  # BGR on disk
+
+
+def test_training_keypoint_overlay_colours():
+    import torch
+
+    from training.magicpoint import keypoint_overlay
+
+    img = torch.full((20, 30), 0.5)
+    rgb = keypoint_overlay(img, np.array([[5.0, 5.0]]), np.array([[20.0, 12.0]]))
+    assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
+    assert rgb[5, 5].tolist() == list(RED) and rgb[5, 7].tolist() == list(RED)  # filled, radius 2
+    assert rgb[12, 20].tolist() == list(GREEN)
+    assert rgb[0, 0].tolist() == [128, 128, 128]

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from evaluations.synthetic import write_synthetic_folder
+from tests.fixtures.synthetic_predictions import write_synthetic_folder
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "visualize_hpatches.ipynb"

@@ -2,15 +2,15 @@
 import cv2
 import numpy as np
 import pytest
-
 from evaluation_cases import make_pair, unit_rows
+
 from evaluations.hpatches_report import aggregate
 from evaluations.pair_metrics import evaluate_pair
-from evaluations.protocols import EvaluationSettings, load_settings
+from evaluations.protocols import load_settings
 from utils.config import ConfigError
 
-OURS = EvaluationSettings()
-REF = EvaluationSettings(protocol="reference")
+OURS = load_settings()
+REF = load_settings(protocol="reference")
 
 
 def spread_points(rng, n, lo, hi, min_dist=10.0):
@@ -50,7 +50,6 @@ def test_reference_corner_error_uses_a_fixed_240x320_frame():
     # detections follow a 1 % scaling about the origin, but the file's homography is the identity:
     # the estimate is the scaling, whose corner error depends on which corners are measured
     rng = np.random.default_rng(0)
-    S = np.diag([1.01, 1.01, 1.0])
     p1 = spread_points(rng, 40, [0, 0], [600, 450], 20)
     d = unit_rows(rng.normal(size=(40, 32)))
     pair = make_pair(p1, p1 * 1.01, d, d, np.eye(3), size=(480, 640))
@@ -105,7 +104,7 @@ def test_reference_keeps_every_point_without_scores():
     rng = np.random.default_rng(3)
     p1 = spread_points(rng, 20, [10, 10], [300, 220])
     pair = make_pair(p1, p1)  # N x 2 points, no scores
-    s_ours, s_ref = EvaluationSettings(top_k=5), EvaluationSettings(protocol="reference", top_k=5)
+    s_ours, s_ref = load_settings(top_k=5), load_settings(protocol="reference", top_k=5)
     assert evaluate_pair(pair, s_ours, homography=False).metrics["n_shared"] == [5, 5]  # first 5 in file order
     assert evaluate_pair(pair, s_ref, homography=False).metrics["n_shared"] == [20, 20]
 
@@ -124,15 +123,15 @@ def test_sift_flag_reference_nn_map_uses_plain_l2_matches():
     pair = sift_like_pair()
     # without --sift the reference's unit-vector distance collapses to 0 for every pair: one match
     assert evaluate_pair(pair, REF).metrics["nn_ap"] == 0.0
-    m = evaluate_pair(pair, EvaluationSettings(protocol="reference", sift=True)).metrics
+    m = evaluate_pair(pair, load_settings(protocol="reference", sift=True)).metrics
     assert m["nn_ap"] == 1.0 and m["n_matches"] == 30
 
 
 def test_sift_flag_ours_ignores_the_unit_descriptor_threshold():
     pair = sift_like_pair()
-    m = evaluate_pair(pair, EvaluationSettings(nn_thresh=1.0)).metrics
+    m = evaluate_pair(pair, load_settings(["evaluation.nn_thresh=1.0"])).metrics
     assert m["n_matches"] == 0 and not m["homography_ok"]  # distances are in the tens: all cut
-    m = evaluate_pair(pair, EvaluationSettings(nn_thresh=1.0, sift=True)).metrics
+    m = evaluate_pair(pair, load_settings(["evaluation.nn_thresh=1.0"], sift=True)).metrics
     assert m["n_matches"] == 30 and m["homography_ok"] and m["corner_error"] < 1e-3
     assert m["nn_ap"] == 1.0 and m["matching_score"] == 1.0
 
@@ -144,5 +143,5 @@ def test_hamming_metric_for_binary_descriptors():
     d2 = d1.copy()
     d2[:, 0] ^= 1  # one bit flipped everywhere
     pair = make_pair(p1, p1, d1, d2)
-    m = evaluate_pair(pair, EvaluationSettings(descriptor_metric="hamming", sift=True)).metrics
+    m = evaluate_pair(pair, load_settings(["evaluation.descriptor_metric=hamming"], sift=True)).metrics
     assert m["n_correct_matches"] == 25 and m["nn_ap"] == 1.0

@@ -45,7 +45,8 @@ def _load(path):
 
 def test_export_descriptor_on_embedded_set(embedded, random_weights, tmp_path):
     rc = export.main(["export_descriptor", "configs/magicpoint_repeatability_embedded.yaml", "sp_test", "--outputImg",
-                      "--set", f"pretrained={random_weights}", "--set", "model.name=SuperPointNet", "--set", "eval_iter=3",
+                      "--set", f"pretrained={random_weights}", "--set", "model.name=SuperPointNet",
+                      "--set", "eval_iter=3",
                       "--set", "data.preprocessing.resize=[120, 160]", "--set", "model.subpixel.enable=false"])
     assert rc == 0
     out = settings.exper_path() / "sp_test"
@@ -99,7 +100,8 @@ def test_export_errors_are_one_line(embedded, random_weights, tmp_path, capsys):
             export.main(argv)
         assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
-    assert export.main(["export_descriptor", str(cfg), "x", "--export-segmentation", "--set", f"pretrained={random_weights}",
+    assert export.main(["export_descriptor", str(cfg), "x", "--export-segmentation",
+                        "--set", f"pretrained={random_weights}",
                         "--set", "data.preprocessing.resize=[64, 64]", "--set", "eval_iter=1"]) == 2
     assert "no segmentation head" in capsys.readouterr().err
     assert not list((settings.exper_path() / "x" / "predictions").glob("*.npz"))
@@ -140,7 +142,8 @@ def _mutual_nn(d0, d1):
 
 def test_sift_recovers_boat_homography(shared_data):
     root = shared_data / "hpatches_real"
-    rc = export_classical.main(["export_descriptor", "configs/classical_descriptors.yaml", "sift_test", "--correspondence",
+    rc = export_classical.main(["export_descriptor", "configs/classical_descriptors.yaml", "sift_test",
+                                "--correspondence",
                                 "--set", f"data.root={root}"])
     assert rc == 0
     pred = settings.exper_path() / "sift_test" / "predictions"
@@ -156,7 +159,10 @@ def test_sift_recovers_boat_homography(shared_data):
     np.testing.assert_array_equal(rec["matches"], np.concatenate([rec["prob"][idx[:, 0], :2],
                                                                    rec["warped_prob"][idx[:, 1], :2]], 1))
 
+    # an independent brute-force mutual NN finds the same pairs the exporter stored
     i, j = _mutual_nn(rec["desc"], rec["warped_desc"])
+    assert {tuple(p) for p in idx.tolist()} == set(zip(i.tolist(), j.tolist()))
+    assert np.all(np.diff(rec["match_distance"]) >= 0)
     H_est, _ = cv2.findHomography(rec["prob"][i, :2], rec["warped_prob"][j, :2], cv2.RANSAC, 3.0)
     h, w = rec["image"].shape
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
@@ -172,8 +178,9 @@ def test_sift_recovers_boat_homography(shared_data):
 
 def test_orb_descriptors_are_bits(shared_data):
     root = shared_data / "hpatches_real"
-    rc = export_classical.main(["export_descriptor", "configs/classical_descriptors.yaml", "orb_test", "--correspondence",
-                                "--set", f"data.root={root}", "--set", "data.alteration=v", "--set", "classical.method=orb",
+    rc = export_classical.main(["export_descriptor", "configs/classical_descriptors.yaml", "orb_test",
+                                "--correspondence", "--set", f"data.root={root}", "--set", "data.alteration=v",
+                                "--set", "classical.method=orb",
                                 "--set", "classical.top_k=300"])
     assert rc == 0
     rec = _load(settings.exper_path() / "orb_test" / "predictions" / "0.npz")

@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from utils.geometry import (conjugate_homography, crop_matrix, homography_from_points, inside_image,
-                            resize_matrix, sample_homography, warp_image, warp_points,
-                            warped_valid_mask)
+from utils.geometry import (
+    conjugate_homography,
+    crop_matrix,
+    homography_from_points,
+    inside_image,
+    resize_matrix,
+    sample_homography,
+    warp_image,
+    warp_points,
+    warped_valid_mask,
+)
 
 
 def test_warp_points_known_homography():

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from models.homography_adaptation import (homography_adaptation, prepare_detector,
-                                          sample_adaptation_homographies)
+from models.homography_adaptation import homography_adaptation, prepare_detector, sample_adaptation_homographies
 from utils.config import load_config
 from utils.geometry import warp_points
 from utils.keypoints import extract_keypoints, semi_to_heatmap

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from datasets import get_dataset
-from exporters import homography_adaptation as exporter
+from exporters import detector_labels as exporter
 from models import build_model
 from settings import exper_path
 from tests.fixtures.image_trees import FOLDER_NAMES, coco_tree, folder_tree, kitti_sfm_tree, write_image
@@ -94,7 +94,8 @@ def test_export_round_trip_into_training_labels(dataset, tmp_path, weights):
 def test_export_is_seeded_per_image_and_follows_the_config(tmp_path, weights):
     root = folder_tree(tmp_path / "imgs")
     a = exporter.export(export_config("image_folder", weights, **{"data.root": str(root)}), exper_path() / "a")
-    b = exporter.export(export_config("image_folder", weights, **{"data.root": str(root), "eval_iter": 2}), exper_path() / "b")
+    b = exporter.export(export_config("image_folder", weights, **{"data.root": str(root), "eval_iter": 2}),
+                        exper_path() / "b")
     assert a.done == 6 and b.done == 2
     fa, fb = outputs(exper_path() / "a" / "predictions"), outputs(exper_path() / "b" / "predictions")
     assert sorted(fb) == ["train/a/x.npz", "train/a/y.npz"]

@@ -7,7 +7,7 @@ import pytest
 
 import settings
 from datasets import get_dataset
-from exporters import homography_adaptation
+from exporters import detector_labels
 from tests.conftest import REPO
 from utils.config import load_config
 
@@ -20,7 +20,7 @@ def export(config_file, root, name, size, eval_iter):
                                            "data.homography_adaptation.num=10", f"pretrained={WEIGHTS}",
                                            f"model.top_k={TOP_K}", f"eval_iter={eval_iter}", "device=cpu",
                                            "num_workers=0", "data.export_folder=train"])
-    homography_adaptation.run(cfg, settings.exper_path() / name, argparse.Namespace())
+    detector_labels.run(cfg, settings.exper_path() / name, argparse.Namespace())
     files = sorted((settings.exper_path() / name / "predictions" / "train").rglob("*.npz"))
     return cfg, {f.relative_to(settings.exper_path() / name).as_posix(): np.load(f)["pts"] for f in files}
 

@@ -7,8 +7,7 @@ import torch
 from datasets import get_dataset
 from datasets.keypoint_labels import save_keypoint_labels
 from settings import exper_path
-from tests.fixtures.image_trees import (FOLDER_NAMES, coco_tree, folder_tree, kitti_raw_tree, kitti_sfm_tree,
-                                        write_image)
+from tests.fixtures.image_trees import FOLDER_NAMES, coco_tree, folder_tree, kitti_raw_tree, kitti_sfm_tree, write_image
 from utils.config import load_config
 
 

@@ -92,20 +92,29 @@ def test_fast_engine_keeps_fp32_keypoints_on_a_real_photo(shared_data, precision
         assert _agreement(got, want) >= 0.98
 
 
-def test_auto_precision_per_device(monkeypatch):
-    import utils.cli
+def test_auto_precision_per_device():
+    # inference's auto never depends on the CPU's bf16 support (it does not ask)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(utils.cli, "cpu_supports_bf16", lambda: True)
     assert resolve_inference_precision("auto", cpu) == "fp32"  # mixed / bf16 change HPatches results
     assert resolve_inference_precision("auto", cuda) == "fp32"  # so does fp16
     assert resolve_inference_precision("auto", cpu, training_precision="fp32") == "fp32"  # pinned config
     assert resolve_inference_precision("bf16", cpu, training_precision="fp32") == "bf16"  # explicit wins
-    monkeypatch.setattr(utils.cli, "cpu_supports_bf16", lambda: False)
-    assert resolve_inference_precision("auto", cpu) == "fp32"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
         resolve_inference_precision("fp16", cpu)
     with pytest.raises(ConfigError, match="inference.precision: unknown value 'half'"):
         resolve_inference_precision("half", cpu)
+
+
+def test_training_auto_precision_follows_the_cpu(monkeypatch):
+    # training's auto, unlike inference's, is bf16 exactly on CPUs with native bf16
+    import utils.cli
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(utils.cli, "cpu_supports_bf16", lambda: True)
+    assert utils.cli.autocast_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(utils.cli, "cpu_supports_bf16", lambda: False)
+    assert utils.cli.autocast_dtype("auto", cpu) is None
+    assert utils.cli.autocast_dtype("fp32", cpu) is None
 
 
 def test_inference_frontend_engines():

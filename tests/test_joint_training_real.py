@@ -10,7 +10,7 @@ import torch
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from exporters import homography_adaptation
+from exporters import detector_labels
 from models import build_model
 from models.stand_in import seeded_stand_in
 from tests.fixtures.recorder import Recorder
@@ -38,7 +38,7 @@ def photos_with_labels(shared_data, tmp_path):
         cfg = load_config(REPO / "configs/magicpoint_folder_export.yaml",
                           [f"data.root={root}", f"data.preprocessing.resize={SIZE}", "data.homography_adaptation.num=8",
                            f"pretrained={weights}", "device=cpu", "num_workers=0", f"data.export_folder={split}"])
-        homography_adaptation.run(cfg, settings.exper_path() / "photos_ha", argparse.Namespace())
+        detector_labels.run(cfg, settings.exper_path() / "photos_ha", argparse.Namespace())
     return root
 
 

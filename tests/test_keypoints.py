@@ -3,9 +3,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.keypoints import (cell_targets, cell_valid_mask, extract_keypoints, gaussian_label_map,
-                             keypoints_to_map, nms, pixels_to_descriptor_grid, sample_descriptors,
-                             semi_to_heatmap, soft_argmax_refine)
+from utils.keypoints import (
+    cell_targets,
+    cell_valid_mask,
+    extract_keypoints,
+    gaussian_label_map,
+    keypoints_to_map,
+    nms,
+    pixels_to_descriptor_grid,
+    sample_descriptors,
+    semi_to_heatmap,
+    soft_argmax_refine,
+)
 
 
 def greedy_nms_reference(heat: np.ndarray, radius: int, threshold: float) -> np.ndarray:

@@ -18,8 +18,8 @@ def joint_data_cfg(*extra):
 
 
 def squares_batch(n=4, h=48, w=64):
-    from tests.fixtures.squares import Squares
     from datasets.collate import collate
+    from tests.fixtures.squares import Squares
     ds = Squares(None, "train", size=(h, w))
     return collate([ds[i] for i in range(n)])
 

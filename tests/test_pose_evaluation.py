@@ -5,13 +5,18 @@ import numpy as np
 import pytest
 
 from evaluation import main
-from evaluations.descriptor import mutual_nearest_neighbours
-from evaluations.pose import (PoseSettings, estimate_relative_pose, evaluate_pose_folder, relative_pose_error)
+from evaluations.pose import estimate_relative_pose, evaluate_pose_folder, load_pose_settings, relative_pose_error
 from tests.evaluation_cases import perfect_arrays, unit_rows
 from utils.config import ConfigError
-from utils.geometry import (resize_matrix, scale_intrinsics, symmetric_epipolar_error, translation_angle_error,
-                            rotation_angle_error)
+from utils.geometry import (
+    resize_matrix,
+    rotation_angle_error,
+    scale_intrinsics,
+    symmetric_epipolar_error,
+    translation_angle_error,
+)
 from utils.io import atomic_save_npz
+from utils.matching import mutual_nearest_neighbours
 
 # the first pair of SuperGlue's ScanNet sample list (scene0711_00 frames 1680 / 1995), 1296 x 968
 K_SCANNET = np.array([[1163.45, 0.0, 653.626], [0.0, 1164.79, 481.6], [0.0, 0.0, 1.0]])
@@ -85,7 +90,8 @@ def test_angle_errors_by_hand():
     assert translation_angle_error(rotation([0, 0, 1], 10.0) @ t, t) == pytest.approx(
         np.degrees(np.arccos((rotation([0, 0, 1], 10.0) @ t) @ t / (t @ t))))
     assert translation_angle_error(-t, t) == pytest.approx(0.0, abs=1e-6)  # the sign is free
-    assert translation_angle_error(rotation([1, 0, 0], 170.0) @ np.array([0, 0, 1.0]), [0, 0, 1.0]) == pytest.approx(10.0)
+    tilted = rotation([1, 0, 0], 170.0) @ np.array([0, 0, 1.0])
+    assert translation_angle_error(tilted, [0, 0, 1.0]) == pytest.approx(10.0)
     assert relative_pose_error(np.eye(4), None, None) == (float("inf"), float("inf"))
 
 
@@ -131,7 +137,7 @@ def test_pose_folder_counts_failures_as_infinite(tmp_path):
     pred.mkdir()
     atomic_save_npz(pred / "0.npz", **pose_arrays(80, shift_last=30.0))  # one match 30 px off its line
     atomic_save_npz(pred / "1.npz", **pose_arrays(3, seed=1))             # 3 matches: no estimate
-    res = evaluate_pose_folder(pred, PoseSettings(), progress=False)
+    res = evaluate_pose_folder(pred, load_pose_settings(), progress=False)
     first, second = res["per_pair"]
     n = first["n_matches"]
     assert first["pose_ok"] and first["pose_error"] < 0.1
@@ -218,5 +224,6 @@ def test_error_colors_green_yellow_red():
 
 def test_pose_settings_checks():
     with pytest.raises(ConfigError, match="evaluation.pose.ratio"):
-        PoseSettings(ratio=1.5)
-    assert PoseSettings(nn_thresh=0.7, sift=True).match_thresh is None
+        load_pose_settings(["evaluation.pose.ratio=1.5"])
+    assert load_pose_settings(["evaluation.nn_thresh=0.7"]).match_thresh == 0.7
+    assert load_pose_settings(["evaluation.nn_thresh=0.7"], sift=True).match_thresh is None

@@ -109,7 +109,8 @@ def test_loftr_megadepth_layout_real_files(shared_data, tmp_path):
     assert tuple(item["image"].shape) == (1, 792, 1200)   # 1064 * 0.75 = 798 -> 792
     assert tuple(item["warped_image"].shape) == (1, 1200, 792)
     assert np.allclose(item["K"].numpy(), resize_matrix((1064, 1600), (792, 1200)).numpy() @ info["intrinsics"][i])
-    assert np.allclose(item["warped_K"].numpy(), resize_matrix((1600, 1064), (1200, 792)).numpy() @ info["intrinsics"][j])
+    assert np.allclose(item["warped_K"].numpy(),
+                       resize_matrix((1600, 1064), (1200, 792)).numpy() @ info["intrinsics"][j])
 
 
 def test_pose_dataset_config_errors(shared_data):

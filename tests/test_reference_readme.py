@@ -87,7 +87,8 @@ def test_cs34_export_scored_and_drawn_with_the_cs4_categories(tmp_path):
     assert r["per_class_iou"] == pytest.approx({"flat": 1 / 3, "structure": 0.5, "sky": 1.0, "dynamic": 1 / 3})
     assert r["mIoU"] == pytest.approx(13 / 24) and r["pixel_accuracy"] == pytest.approx(4 / 7)
     assert r["num_pixels"] == 7
-    # warped: sky TP 1, gt 2, pred 1 -> 1/2; flat TP 1, gt 1, pred 2 -> 1/2; the dynamic prediction is on an ignored pixel
+    # warped: sky TP 1, gt 2, pred 1 -> 1/2; flat TP 1, gt 1, pred 2 -> 1/2;
+    # the dynamic prediction is on an ignored pixel
     w = r["warped"]
     assert w["per_class_iou"] == pytest.approx({"flat": 0.5, "structure": None, "sky": 0.5, "dynamic": None})
     assert w["pixel_accuracy"] == pytest.approx(2 / 3) and w["num_images"] == 1
@@ -165,7 +166,8 @@ def test_homography_adaptation_rejects_export_segmentation_and_runs_seg_models_q
                weights)
     root = coco_tree(tmp_path / "coco", n_train=1)
     args = [sys.executable, "export.py", "export_detector_homoAdapt", "configs/magicpoint_coco_export.yaml", "ha_seg",
-            "--set", f"data.root={root}", "--set", f"pretrained={weights}", "--set", "model.segmentation_head.enable=true",
+            "--set", f"data.root={root}", "--set", f"pretrained={weights}",
+            "--set", "model.segmentation_head.enable=true",
             "--set", "data.preprocessing.resize=[32,48]", "--set", "data.homography_adaptation.num=2",
             "--set", "num_workers=0", "--set", "device=cpu", "--set", "data.export_folder=train"]
     line = error_line(subprocess.run(args + ["--export-segmentation"], **RUN))
@@ -192,7 +194,8 @@ def test_coco_panoptic_labels_without_a_segmentation_head_is_a_config_error():
 def test_magicleap_weights_in_gauss2_suggest_superpointnet(tmp_path):
     magicleap = tmp_path / "superpoint_v1.pth"
     torch.save(build_model({"name": "SuperPointNet"}).state_dict(), magicleap)  # MagicLeap's layer names
-    r = subprocess.run([sys.executable, "export.py", "export_descriptor", "configs/magicpoint_repeatability_embedded.yaml",
+    r = subprocess.run([sys.executable, "export.py", "export_descriptor",
+                        "configs/magicpoint_repeatability_embedded.yaml",
                         "ml_in_gauss2", "--set", f"pretrained={magicleap}", "--set", "device=cpu"], **RUN)
     line = error_line(r)
     assert str(magicleap) in line and "MagicLeap SuperPoint weights" in line

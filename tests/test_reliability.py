@@ -25,7 +25,7 @@ import export
 import settings
 import train4
 from datasets.embedded_hpatches import ensure_embedded_hpatches
-from exporters import homography_adaptation as ha_exporter
+from exporters import detector_labels as ha_exporter
 from models import SuperPointNet, build_model
 from models.stand_in import seeded_stand_in
 from tests.fixtures.image_trees import folder_tree
@@ -95,6 +95,18 @@ def test_every_count_and_size_of_the_defaults_has_a_range():
                     assert (lo is None or v >= lo) and (hi is None or v <= hi), (key, v, p)
 
 
+def test_every_range_names_a_default_key():
+    """A range left behind by a removed key (e.g. model.nn_thresh) would silently check nothing."""
+    import fnmatch
+
+    def keys(tree, prefix=""):
+        for k, v in tree.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+    defaults = list(keys(load_defaults()))
+    assert [p for p in load_ranges() if not any(fnmatch.fnmatchcase(k, p) for k in defaults)] == []
+
+
 @pytest.mark.parametrize("override, key", [("model.batch_size=-3", "model.batch_size"),  # hung at step 0
                                            ("save_interval=0", "save_interval"),        # ZeroDivisionError
                                            ("tensorboard_interval=0", "tensorboard_interval"),
@@ -140,13 +152,15 @@ def _case_zero_save_interval(tmp_path):
 
 
 def _case_resume_with_another_descriptor_dim(tmp_path):
-    ck = save_checkpoint(settings.exper_path() / "exp" / "checkpoints", 2, build_model({"name": "SuperPointNet_gauss2"}))
+    ck = save_checkpoint(settings.exper_path() / "exp" / "checkpoints", 2,
+                         build_model({"name": "SuperPointNet_gauss2"}))
     return (["train_base", str(tiny_yaml(tmp_path)), "exp", "--set", "model.params={descriptor_dim: 128}"],
             f"{ck}: weights do not fit SuperPointNet_gauss2: 78 of 84 tensors fit, 6 of another shape (convDb.weight")
 
 
 def _case_resume_after_model_name_change(tmp_path):
-    ck = save_checkpoint(settings.exper_path() / "exp" / "checkpoints", 2, build_model({"name": "SuperPointNet_gauss2"}))
+    ck = save_checkpoint(settings.exper_path() / "exp" / "checkpoints", 2,
+                         build_model({"name": "SuperPointNet_gauss2"}))
     return (["train_base", str(tiny_yaml(tmp_path)), "exp", "--set", "model.name=SuperPointNet"],
             f"{ck}: weights do not fit SuperPointNet")
 
@@ -273,7 +287,8 @@ def test_failed_reexport_keeps_the_previous_export(tmp_path, embedded, capsys):
     before = snapshot(pred.parent)
     assert sorted(p.name for p in pred.iterdir()) == ["0.npz", "1.npz", "2.npz"]
     manifest = json.loads((pred.parent / "manifest.json").read_text())
-    assert manifest["expected"] == manifest["completed"] == 3 and sorted(manifest["files"]) == ["0.npz", "1.npz", "2.npz"]
+    assert manifest["expected"] == manifest["completed"] == 3
+    assert sorted(manifest["files"]) == ["0.npz", "1.npz", "2.npz"]
     # the third pair's second image cannot be read: the re-export fails on it
     seq = sorted(p for p in root.iterdir() if p.is_dir())[0]
     victim = sorted(p for p in seq.iterdir() if p.suffix == ".ppm")[3]
@@ -281,7 +296,8 @@ def test_failed_reexport_keeps_the_previous_export(tmp_path, embedded, capsys):
     capsys.readouterr()
     assert export.main(["export_descriptor", "configs/magicpoint_repeatability_embedded.yaml", "keep",
                         "--set", f"pretrained={tmp_path / 'w0.pth'}", "--set", "model.name=SuperPointNet",
-                        "--set", "eval_iter=3", "--set", "data.preprocessing.resize=[64, 80]", "--set", f"data.root={root}",
+                        "--set", "eval_iter=3", "--set", "data.preprocessing.resize=[64, 80]",
+                        "--set", f"data.root={root}",
                         "--set", "model.subpixel.enable=false", "--set", "model.nms=2", "--set", "num_workers=0"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and str(victim) in err

@@ -8,9 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import create_cs34_categories_json, coco_panoptic_to_cs34
-from utils.segmentation_labels import (COCO_TO_CS34, CS34_TO_CS4, categories_json, coco_category_lut, cs34_lut,
-                                       panoptic_to_cs34)
+from utils import coco_panoptic_to_cs34, create_cs34_categories_json
+from utils.segmentation_labels import (
+    COCO_TO_CS34,
+    CS34_TO_CS4,
+    categories_json,
+    coco_category_lut,
+    cs34_lut,
+    panoptic_to_cs34,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +35,8 @@ def test_cli_converts_real_sample_segment_by_segment(tmp_path, shared_data):
          "--dst", "panoptic_cs34_val2017"], cwd=work, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     ann = json.loads((work / "annotations" / "panoptic_val2017.json").read_text())
-    names = {c["id"]: c["name"] for c in json.loads((work / "annotations" / "panoptic_coco_categories.json").read_text())}
+    categories = json.loads((work / "annotations" / "panoptic_coco_categories.json").read_text())
+    names = {c["id"]: c["name"] for c in categories}
     assert {n: COCO_TO_CS34[n] for n in SAMPLE_EXPECTED} == SAMPLE_EXPECTED
     seen = set()
     for a in ann["annotations"]:

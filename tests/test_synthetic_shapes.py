@@ -7,9 +7,7 @@ import pytest
 import torch
 
 import settings
-from datasets import get_dataset
-from datasets import shapes_primitives as sp
-from datasets import synthetic_shapes as ss
+from datasets import get_dataset, shapes_primitives as sp, synthetic_shapes as ss
 from utils.config import load_config
 
 SIZE = (240, 320)

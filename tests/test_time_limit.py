@@ -1,5 +1,4 @@
 """time_limit_minutes stops a run with a checkpoint; re-running continues it."""
-import pytest
 
 import datasets
 import settings

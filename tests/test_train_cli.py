@@ -3,9 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -181,8 +181,9 @@ def dense_descriptor_loss_naive(desc, warped_desc, homography, warped_valid_mask
     s = (torch.linalg.norm(warped.double() - centers.double(), dim=-1) <= descriptor_dist).float()
     va = _cell_mask(valid_mask, B, hc * wc, desc.device).view(B, hc, wc, 1, 1)
     vb = _cell_mask(warped_valid_mask, B, hc * wc, desc.device).view(B, 1, 1, hc, wc)
-    l = lambda_d * s * F.relu(positive_margin - dots) + (1 - s) * F.relu(dots - negative_margin)
-    per_image = (l * va * vb).sum(dim=(1, 2, 3, 4)) / (va.sum(dim=(1, 2, 3, 4)) * vb.sum(dim=(1, 2, 3, 4))).clamp(min=1)
+    hinge = lambda_d * s * F.relu(positive_margin - dots) + (1 - s) * F.relu(dots - negative_margin)
+    norm = (va.sum(dim=(1, 2, 3, 4)) * vb.sum(dim=(1, 2, 3, 4))).clamp(min=1)
+    per_image = (hinge * va * vb).sum(dim=(1, 2, 3, 4)) / norm
     return per_image.mean()
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.segmentation_labels import IGNORE_INDEX
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross entropy over the pixels whose label is not ``ignore_index``.
 
     ``logits`` ``B x C x H x W``; ``target`` ``B x H x W`` integer class ids in ``[0, C)`` or

@@ -2,7 +2,7 @@
 
 Loss: 65-way cell cross entropy on the (augmented) image, and on its warped copy when
 ``data.warped_pair.enable`` is set. Validation: precision / recall / mAP of the detections
-(``evaluations.keypoint_detection``) against the labels.
+(``evaluations.detection_pr``) against the labels.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 from datasets import get_dataset
 from datasets.augmentation import Randomness
 from datasets.pairs import prepare_batch
-from evaluations.keypoint_detection import DetectionAccumulator
+from evaluations.detection_pr import DetectionAccumulator
 from training.losses import detector_loss
+from utils.draw import GREEN, RED, draw_keypoints
 from utils.keypoints import extract_keypoints, semi_to_heatmap
 
 # detections down to this score enter the precision-recall curve (mAP)
@@ -31,15 +32,9 @@ def label_points(label_map: torch.Tensor) -> list[np.ndarray]:
 
 def keypoint_overlay(image: torch.Tensor, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Gray image ``H x W`` in [0,1] -> ``H x W x 3`` uint8 with ground truth (red) and detections (green)."""
-    import cv2
-
-    g = (image.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-    rgb = np.ascontiguousarray(np.stack([g] * 3, axis=-1))
-    for (x, y) in np.round(gt).astype(int):
-        cv2.circle(rgb, (int(x), int(y)), 2, (255, 0, 0), -1)
-    for (x, y) in np.round(pred).astype(int):
-        cv2.circle(rgb, (int(x), int(y)), 1, (0, 255, 0), -1)
-    return rgb
+    gray = image.float().clamp(0, 1).cpu().numpy()
+    with_gt = draw_keypoints(gray, gt, RED, radius=2.0, thickness=-1)
+    return draw_keypoints(with_gt, pred, GREEN, radius=1.0, thickness=-1)
 
 
 class DetectorTask:

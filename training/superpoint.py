@@ -21,17 +21,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from datasets import canonical_name
 from datasets.augmentation import Randomness
-from evaluations.keypoint_detection import DetectionAccumulator
-from models.frontend import Frontend, FrontendOutput, keypoint_settings
-from training.descriptor_losses import (dense_descriptor_loss, infonce_descriptor_loss, sample_sparse_pairs,
-                                       sparse_descriptor_loss)
+from evaluations.detection_pr import DetectionAccumulator
 from evaluations.segmentation import confusion_matrix, scores_from_confusion
+from models.frontend import Frontend, FrontendOutput, keypoint_settings
+from training.descriptor_losses import (
+    dense_descriptor_loss,
+    infonce_descriptor_loss,
+    sample_sparse_pairs,
+    sparse_descriptor_loss,
+)
 from training.losses_segmentation import segmentation_loss
 from training.magicpoint import DetectorTask
 from utils.config import ConfigError
+from utils.draw import draw_matches
 from utils.geometry import warp_points
-from utils.segmentation_labels import num_classes
+from utils.matching import mutual_nn
+from utils.segmentation_labels import IGNORE_INDEX, num_classes
 
 
 def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.Tensor,
@@ -42,19 +49,10 @@ def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.
         desc_a ``B x Ka x D``, mask_a ``B x Ka`` bool; desc_b ``B x Kb x D``, mask_b ``B x Kb``.
     Returns:
         (``B x Ka`` index of each A keypoint's nearest neighbour in B, ``B x Ka`` bool: the pair
-        is mutual and both keypoints are real).
+        is mutual and both keypoints are real); see :func:`utils.matching.mutual_nn`.
     """
-    B, Ka = desc_a.shape[:2]
-    Kb = desc_b.shape[1]
-    if Ka == 0 or Kb == 0:
-        return (torch.zeros(B, Ka, dtype=torch.long, device=desc_a.device),
-                torch.zeros(B, Ka, dtype=torch.bool, device=desc_a.device))
-    sim = torch.bmm(desc_a.float(), desc_b.float().transpose(1, 2))
-    sim = sim.masked_fill(~(mask_a.unsqueeze(2) & mask_b.unsqueeze(1)), float("-inf"))
-    ab = sim.argmax(dim=2)  # B Ka
-    ba = sim.argmax(dim=1)  # B Kb
-    mutual = ba.gather(1, ab) == torch.arange(Ka, device=desc_a.device).unsqueeze(0)
-    return ab, mutual & mask_a & mask_b.gather(1, ab)
+    # negated similarity as the distance: the same order as the L2 distance of unit descriptors
+    return mutual_nn(-torch.bmm(desc_a.float(), desc_b.float().transpose(1, 2)), mask_a, mask_b)
 
 
 def matching_counts(out_a: FrontendOutput, out_b: FrontendOutput, homography: torch.Tensor,
@@ -74,27 +72,14 @@ def matching_counts(out_a: FrontendOutput, out_b: FrontendOutput, homography: to
 def matches_overlay(image_a: torch.Tensor, image_b: torch.Tensor, out_a: FrontendOutput, out_b: FrontendOutput,
                     homography: torch.Tensor, distance: float) -> np.ndarray:
     """A and B side by side (``H x 2W x 3`` uint8) with their mutual matches: green correct, red wrong."""
-    import cv2
-
-    def gray(img):
-        g = (img.float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-        return np.stack([g] * 3, axis=-1)
-
-    rgb = np.ascontiguousarray(np.concatenate([gray(image_a), gray(image_b)], axis=1))
-    w = image_a.shape[-1]
     ka, kb = out_a.keypoints, out_b.keypoints
     ab, mutual = mutual_nn_matches(out_a.descriptors[:1], ka.mask[:1], out_b.descriptors[:1], kb.mask[:1])
-    if ab.shape[1] == 0:
-        return rgb
-    pa = ka.points[0].double()
-    pb = kb.points[0].double()[ab[0]]
+    keep = mutual[0]
+    pa = ka.points[0].double()[keep]
+    pb = kb.points[0].double()[ab[0][keep]]
     err = torch.linalg.norm(warp_points(pa, homography[0].to(pa.device).double()) - pb, dim=-1)
-    for i in torch.nonzero(mutual[0]).flatten().tolist():
-        color = (0, 255, 0) if float(err[i]) <= distance else (255, 0, 0)
-        xa, ya = (int(round(v)) for v in pa[i].tolist())
-        xb, yb = (int(round(v)) for v in pb[i].tolist())
-        cv2.line(rgb, (xa, ya), (xb + w, yb), color, 1)
-    return rgb
+    gray = [img.float().clamp(0, 1).cpu().numpy() for img in (image_a, image_b)]
+    return draw_matches(gray[0], gray[1], pa.cpu().numpy(), pb.cpu().numpy(), (err <= distance).cpu().numpy(), gap=0)
 
 
 class SuperPointTask(DetectorTask):
@@ -129,7 +114,7 @@ class SuperPointTask(DetectorTask):
         seg = m.get("segmentation_head") or {}
         self.segmentation = bool(seg.get("enable", False))
         seg_data = self.data_cfg.get("segmentation") or {}
-        self.ignore_index = int(seg_data.get("ignore_index", 255))
+        self.ignore_index = int(seg_data.get("ignore_index", IGNORE_INDEX))
         if self.segmentation:
             label_set = str(seg_data.get("label_set", "cs34"))
             expected = num_classes(label_set)
@@ -146,7 +131,7 @@ class SuperPointTask(DetectorTask):
         # Items without keypoint labels (e.g. Cityscapes with data.labels unset) train only the
         # descriptor and segmentation heads: the detector loss is skipped for them.
         may_lack_labels = self.data_cfg.get("labels") is None and \
-            self.data_cfg.get("dataset") not in ("synthetic_shapes", "SyntheticDataset_gaussian", "SyntheticDataset")
+            canonical_name(self.data_cfg["dataset"]) != "synthetic_shapes"
         # parameters without gradient in some steps: DDP must be told
         self.unused_parameters = self.descriptor_loss_kind is None or may_lack_labels
 

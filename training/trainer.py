@@ -36,10 +36,23 @@ from tqdm import tqdm
 import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
-from models import (build_model, extract_state_dict, frozen_modules, load_state, load_weights, model_config_for,
-                    read_weights, train_mode)
-from training.checkpoints import (checkpoint_path, latest_checkpoint, load_checkpoint, resolve_pretrained,
-                                  save_checkpoint)
+from models import (
+    build_model,
+    extract_state_dict,
+    frozen_modules,
+    load_state,
+    load_weights,
+    model_config_for,
+    read_weights,
+    train_mode,
+)
+from training.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    resolve_pretrained,
+    save_checkpoint,
+)
 from training.sampler import ResumableBatchSampler
 from training.tensorboard import EventLog
 from utils.cli import UserError, autocast_dtype, resolve_device
@@ -300,7 +313,8 @@ class Trainer:
         mcfg = self.config["model"]
         workers = int(self.config.get("num_workers", 0))
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
-                      worker_init_fn=_worker_out_of_the_stop_signals if workers else None, persistent_workers=workers > 0)
+                      worker_init_fn=_worker_out_of_the_stop_signals if workers else None,
+                      persistent_workers=workers > 0)
         sampler = ResumableBatchSampler(len(train_set), int(mcfg["batch_size"]), seed=int(self.config["seed"]),
                                         start_iter=self.n_iter, rank=self.rank, world_size=self.world_size)
         self.train_loader = DataLoader(train_set, batch_sampler=sampler, **common)

@@ -24,8 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.cli import UserError, main_guard  # noqa: E402
 from utils.io import atomic_imwrite, read_image_color  # noqa: E402
-from utils.segmentation_labels import (coco_category_lut, panoptic_to_cs34,  # noqa: E402
-                                       read_categories, read_panoptic_annotations)
+from utils.segmentation_labels import coco_category_lut, panoptic_to_cs34, read_categories, read_panoptic_annotations  # noqa: E402
 
 
 def convert_folder(src: Path, ann: Path, categories: Path | None, dst: Path,

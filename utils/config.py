@@ -30,6 +30,21 @@ import yaml
 
 DEFAULTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "defaults"
 
+# Keys of the reference implementation's configs that this project does not implement: setting one
+# is an error that says so (and what to use instead), rather than a key accepted and ignored.
+UNSUPPORTED_KEYS = {
+    "front_end_model": "the command's task (train_base, train_joint, export_*) chooses the code path",
+    "retrain": "a run resumes from its latest checkpoint; start from weights with pretrained and reset_iter",
+    "model.detector_loss": "the detector loss is always the 65-way cell cross entropy (softmax)",
+    "model.nn_thresh": "descriptor matching thresholds are evaluation.nn_thresh (evaluation.py)",
+    "model.other_settings": "free-text notes are not kept; write them as a YAML comment",
+    "model.kernel_reg": "there is no kernel regulariser; use model.weight_decay",
+    "model.homography_adaptation": "homographic adaptation is configured under data.homography_adaptation",
+    "model.rand_noise": "no noise is added to the images at evaluation",
+    "data.add_augmentation_to_test_set": "augmentation outside training is data.augmentation.*.enable_val",
+    "data.gaussian_label.params": "the Gaussian label width is data.gaussian_label.sigma",
+}
+
 # Keys of the reference implementation's configs that this project spells differently.
 RENAMED_KEYS = {
     "model.pretrained": "pretrained (top level)",
@@ -103,6 +118,9 @@ def merge_strict(base: dict, update: dict, source: str, prefix: str = "", schema
         full = f"{prefix}{key}"
         if not isinstance(key, str):
             raise ConfigError(f"{source}: key {key!r} under '{prefix[:-1] or 'top level'}' must be a string")
+        if key not in schema and full in UNSUPPORTED_KEYS:
+            raise ConfigError(f"{source}: key '{full}' of the reference configs is not implemented here: "
+                              f"{UNSUPPORTED_KEYS[full]}; remove it")
         if key not in schema:
             hint = f"; use '{RENAMED_KEYS[full]}' instead" if full in RENAMED_KEYS else ""
             known = ", ".join(sorted(schema)) or "none"
@@ -260,7 +278,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults
         key = str(e).split("'")[1]
         where = "the defaults"
         for source, tree in sources:
-            if get(tree, key, _MISSING) is not _MISSING:
+            if _get_dotted(tree, key, _MISSING) is not _MISSING:
                 where = source
         raise ConfigError(str(e).replace("config:", f"{where}:", 1)) from None
     return config
@@ -269,8 +287,8 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = (), defaults
 _MISSING = object()
 
 
-def get(config: dict, dotted: str, default: Any = None) -> Any:
-    """Read ``config['a']['b']`` as ``get(config, 'a.b')``."""
+def _get_dotted(config: dict, dotted: str, default: Any = None) -> Any:
+    """Read ``config['a']['b']`` as ``_get_dotted(config, 'a.b')``."""
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:

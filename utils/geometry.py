@@ -1,6 +1,6 @@
 """Homographies: sampling, point and image warping, valid masks, resize/crop conjugation.
 
-Conventions (see docs/CONVENTIONS.md):
+Conventions (docs/ARCHITECTURE.md, "Conventions"):
 
 * points are float ``(x, y)`` pixels, x right, y down, the centre of the top-left pixel at (0, 0);
   an image of width W spans pixel centres x = 0 .. W-1;

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-
 # the temporary files of atomic_path: ".<final name>.<random>.tmp"
 TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
@@ -171,7 +170,8 @@ def _check_decoded(path: Path, img: np.ndarray) -> None:
     """Degenerate pictures are errors naming the file: a side under one cell, NaN or inf pixels."""
     h, w = img.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
-        raise ImageReadError(f"{path}: image is {w}x{h} pixels, smaller than one {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} cell")
+        raise ImageReadError(f"{path}: image is {w}x{h} pixels, "
+                             f"smaller than one {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} cell")
     if img.dtype.kind == "f" and not np.isfinite(img).all():
         raise ImageReadError(f"{path}: image holds NaN or infinite pixel values")
 

@@ -123,21 +123,6 @@ def _rank_dtype(n: int) -> torch.dtype:
     return torch.float32 if n < 2 ** 24 else torch.float64
 
 
-def candidate_ranks(heat: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Unique positive rank of every pixel with ``heat >= threshold`` (0 elsewhere).
-
-    Higher score -> higher rank; equal scores are ordered by position, the lower row-major index
-    ranking higher. Returns a ``B x 1 x H x W`` float map (float32, or float64 beyond 2^24
-    candidates, so that every rank is exact).
-    """
-    B, _, H, W = heat.shape
-    flat = heat.reshape(-1)
-    cand, _ = _sorted_candidates(flat, threshold)
-    ranks = torch.zeros_like(flat, dtype=_rank_dtype(cand.numel()))
-    ranks[cand] = torch.arange(cand.numel(), 0, -1, device=heat.device, dtype=ranks.dtype)
-    return ranks.view(B, 1, H, W)
-
-
 def _sorted_candidates(flat: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices and scores of ``flat >= threshold``, by decreasing score, ties by index."""
     cand = torch.nonzero(flat >= threshold).squeeze(1)  # ascending index = (b, row-major)
@@ -243,15 +228,6 @@ class Keypoints(NamedTuple):
         for p, s, m in zip(self.points, self.scores, self.mask):
             out.append(torch.cat([p[m], s[m, None]], dim=1))
         return out
-
-
-def border_mask(size, border: int, device=None) -> torch.Tensor:
-    """``1 x 1 x H x W`` bool, True where ``border <= x <= W-1-border`` (likewise y)."""
-    h, w = size
-    m = torch.zeros(1, 1, h, w, dtype=torch.bool, device=device)
-    if h - 2 * border > 0 and w - 2 * border > 0:
-        m[..., border:h - border, border:w - border] = True
-    return m
 
 
 def extract_keypoints(heat: torch.Tensor, threshold: float, nms_radius: int, border: int = 0,

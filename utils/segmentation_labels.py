@@ -73,6 +73,9 @@ CS34 = {c.name: c.id for c in CS34_CLASSES}
 # kept: the COCO table uses them for real content (benches, animals, floors).
 CS34_VOID_IDS: tuple[int, ...] = (0, 1, 2, 3)
 
+# the label of pixels left out of the loss and the metrics (data.segmentation.ignore_index's default)
+IGNORE_INDEX = 255
+
 # ---- cs4 -------------------------------------------------------------------------------------
 CS4_CLASSES: tuple[CityscapesClass, ...] = (
     CityscapesClass(0, "flat", "flat", False, (128, 64, 128)),
@@ -175,7 +178,7 @@ def categories_json(label_set: str) -> list[dict]:
              "supercategory": c.category} for c in classes(label_set)]
 
 
-def cs34_lut(label_set: str = "cs34", ignore_index: int = 255, ignore_void: bool = True) -> np.ndarray:
+def cs34_lut(label_set: str = "cs34", ignore_index: int = IGNORE_INDEX, ignore_void: bool = True) -> np.ndarray:
     """Lookup table ``(256,) int64``: cs34 labelId (a uint8 pixel value) -> training label.
 
     ``cs34``: identity for ids 0..33, the void ids (0-3) -> ``ignore_index`` when ``ignore_void``.

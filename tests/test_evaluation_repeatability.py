@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluations.detector import in_other_image, repeatability, top_k_indices
+from evaluations.repeatability import in_other_image, repeatability, top_k_indices
 from utils.geometry import warp_points
 
 SHIFT = np.array([[1.0, 0, 5], [0, 1, 3], [0, 0, 1]])  # image 1 -> image 2: (+5, +3)

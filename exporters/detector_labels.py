@@ -39,11 +39,12 @@ from tqdm import tqdm
 from datasets import get_dataset
 from datasets.keypoint_labels import label_path, load_keypoint_labels, save_keypoint_labels
 from models import load_pretrained
-from training.checkpoints import resolve_pretrained
 from models.frontend import keypoint_settings
 from models.homography_adaptation import homography_adaptation, prepare_detector
+from training.checkpoints import resolve_pretrained
 from utils.cli import UserError, autocast_dtype, resolve_device
-from utils.io import ImageReadError, atomic_imwrite
+from utils.draw import draw_keypoints, save_rgb
+from utils.io import ImageReadError
 from utils.keypoints import extract_keypoints
 
 SPLITS = ("train", "val")
@@ -62,6 +63,11 @@ def labels_readable(pred_dir: Path, split: str, name: str) -> np.ndarray | None:
     except (ValueError, OSError, KeyError):
         return None
     return pts if np.isfinite(pts).all() else None
+
+
+def save_picture(path: Path, image: torch.Tensor, pts: np.ndarray) -> None:
+    """``--outputImg``: bright green dots on the gray image (1 x H x W), for a quick look at the labels."""
+    save_rgb(path, draw_keypoints(image[0].float().clamp(0, 1).numpy(), pts, (0, 255, 0), radius=1.0, thickness=-1))
 
 
 @dataclass
@@ -106,17 +112,6 @@ class _ReadOrReport(Dataset):
             return self.dataset[index]
         except ImageReadError as e:
             return {"name": self.dataset.names[index], "error": str(e)}
-
-
-def draw_points(image: torch.Tensor, pts: np.ndarray) -> np.ndarray:
-    """``1 x H x W`` gray image and ``N x 3`` points -> ``H x W x 3`` uint8 BGR with green dots."""
-    import cv2
-
-    g = (image[0].float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    bgr = np.ascontiguousarray(np.stack([g] * 3, axis=-1))
-    for x, y in np.round(pts[:, :2]).astype(int):
-        cv2.circle(bgr, (int(x), int(y)), 1, (0, 255, 0), -1, lineType=cv2.LINE_AA)
-    return bgr
 
 
 def load_detector(config: dict, device: torch.device) -> torch.nn.Module:
@@ -167,7 +162,7 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         except ImageReadError as e:
             warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
             continue
-        atomic_imwrite(img_dir / f"{names[i]}.png", draw_points(item["image"], done[i]))
+        save_picture(img_dir / f"{names[i]}.png", item["image"], done[i])
 
     device = resolve_device(config.get("device", "auto"))
     if device.type == "cuda" and world > 1 and device.index is None:
@@ -201,7 +196,7 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
             continue
         save_keypoint_labels(label_path(pred_dir, split, name), pts, image.shape[-2:])
         if output_images:
-            atomic_imwrite(img_dir / f"{name}.png", draw_points(item["image"], pts))
+            save_picture(img_dir / f"{name}.png", item["image"], pts)
         stats.done += 1
     return stats
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from evaluations.keypoint_detection import DetectionAccumulator, average_precision, match_detections
+from evaluations.detection_pr import DetectionAccumulator, average_precision, match_detections
 
 
 def test_greedy_one_to_one_matching():
