@@ -147,10 +147,48 @@ def export_and_score(weights: Path | None, root: str, folder: str, orders: int =
     run(cfg, out, args)
     st = load_settings(top_k=1000, sift=weights is None)
     metrics = evaluate_folder(out / "predictions", st, progress=False)["metrics"]
+    if orders <= 0:
+        return metrics
     from inference import ransac_ordering_accuracy  # the inference benchmark's RANSAC-order average
 
     metrics["ha_mean"] = dict(zip(("1", "3", "5"), ransac_ordering_accuracy(out / "predictions", st, orders).mean(0)))
     return metrics
+
+
+def held_out_curve(run: Path, shared: Path, start: Path, name: str, png: Path) -> list[str]:
+    """NN mAP and matching score of every checkpoint of a run (and of the starting point, step 0)
+    on both held-out pair sets; writes a PNG plot and returns markdown rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.checkpoints import list_checkpoints
+
+    steps = [(0, start)] + list_checkpoints(run / "checkpoints")
+    sets = [("HPatches real (8)", str(shared / "hpatches_real")), ("embedded (50)", "embedded")]
+    table = {s: [] for s, _ in sets}
+    for step, weights in steps:
+        for set_name, root in sets:
+            m = export_and_score(weights, root, f"{name}_curve", orders=0)
+            table[set_name].append((step, m["nn_map"], m["matching_score"]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, k in zip(axes, ("NN mAP", "matching score"), (1, 2)):
+        for set_name, rows in table.items():
+            ax.plot([r[0] for r in rows], [r[k] for r in rows], marker="o", label=set_name)
+        ax.set_xlabel("training step (batch 8 pairs)")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    lines = ["| step | " + " | ".join(f"{s} NN mAP | {s} matching score" for s in table) + " |",
+             "|---:|" + "---:|" * (2 * len(table))]
+    for i, (step, _) in enumerate(steps):
+        cells = " | ".join(f"{table[s][i][1]:.3f} | {table[s][i][2]:.3f}" for s in table)
+        lines.append(f"| {step} | {cells} |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -161,6 +199,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", type=Path, default=None, help="score these weights instead of training")
     p.add_argument("--ship", type=Path, default=None, help="copy the trained weights (state dict) here")
     p.add_argument("--name", default="bench_superpoint")
+    p.add_argument("--curve", type=Path, default=None,
+                   help="also score every checkpoint of the training run on both pair sets; plot to this PNG")
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
@@ -178,6 +218,11 @@ def main(argv=None) -> int:
         from utils.io import atomic_torch_save
 
         atomic_torch_save(extract_state_dict(read_weights(trained)), args.ship)
+
+    curve = []
+    if args.curve is not None:
+        curve = held_out_curve(settings.exper_path() / f"{args.name}_train", args.shared, args.magicpoint, args.name,
+                               args.curve)
 
     models = [("SIFT (OpenCV)", None), ("start: MagicPoint + untrained descriptor head", args.magicpoint),
               ("trained here", trained)]
@@ -201,6 +246,10 @@ def main(argv=None) -> int:
         mean3 = f"{m['ha_mean']['3']:.3f}" if "ha_mean" in m else "-"
         print(f"| {set_name} | {label} | {ha['1']:.3f} | {ha['3']:.3f} | {ha['5']:.3f} | {mean3} | "
               f"{m['repeatability']:.3f} | {m['mle']:.3f} | {m['nn_map']:.3f} | {m['matching_score']:.3f} |")
+    if curve:
+        print(f"\nHeld-out curve (every checkpoint of {args.name}_train; step 0 = the starting point; "
+              f"plot: {args.curve}):\n")
+        print("\n".join(curve))
     return 0
 
 
