@@ -38,7 +38,7 @@ from machine_info import cpu_name  # noqa: E402
 
 MODELS = [  # label, exporter, pretrained (None: the config's)
     ("SIFT (OpenCV, 1024 points)", "sift", None),
-    ("SuperPoint (shipped demo, superpoint_freiburg_demo.pth)", "network", None),
+    ("SuperPoint (shipped, superpoint_photos.pth)", "network", None),
     ("MagicPoint (magicpoint_synth.pth) + untrained descriptor head", "network", "pretrained/magicpoint_synth.pth"),
 ]
 

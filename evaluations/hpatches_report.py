@@ -233,6 +233,11 @@ def format_table(results: dict) -> str:
     if results["tasks"]["homography"]:
         head += ["NN mAP", "Matching Score"]
         row += [_fmt(m["nn_map"]), _fmt(m["matching_score"])]
+    return aligned_table(head, row)
+
+
+def aligned_table(head: list[str], row: list[str]) -> str:
+    """A one-row markdown table whose columns line up in plain text (evaluation.py's tables)."""
     widths = [max(len(h), len(r)) for h, r in zip(head, row)]
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
 

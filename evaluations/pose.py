@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from evaluations.auc import error_auc
 from evaluations.descriptor import descriptor_distances
+from evaluations.hpatches_report import aligned_table
 from evaluations.predictions import PosePairPredictions, check_keys, list_prediction_files, load_pose_pair
 from evaluations.repeatability import top_k_indices
 from utils.config import ConfigError, load_config
@@ -303,13 +304,7 @@ def format_pose_table(results: dict) -> str:
     head = ["Pairs", "k"] + [f"AUC@{t}" for t in m["pose_auc"]] + ["Precision", "Matches"]
     row = [str(results["num_pairs"]), str(s["top_k"] or "all")]
     row += [_fmt(v) for v in m["pose_auc"].values()] + [_fmt(m["precision"]), _fmt(m["mean_matches"], 1)]
-    widths = [max(len(h), len(r)) for h, r in zip(head, row)]
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(head), sep, line(row)])
+    return aligned_table(head, row)
 
 
 def format_pose_report(results: dict) -> str:

@@ -26,7 +26,7 @@ DEMO = "configs/magicpoint_repeatability_embedded.yaml"  # the shipped demo Supe
 
 def _demo_model():
     model = build_model({"name": "SuperPointNet_gauss2", "params": {}})
-    load_weights(model, "pretrained/superpoint_freiburg_demo.pth")
+    load_weights(model, "pretrained/superpoint_photos.pth")
     return model.eval()
 
 
