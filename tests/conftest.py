@@ -37,3 +37,23 @@ def isolated_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("SUPERPOINT_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.chdir(REPO)
     yield
+
+
+@pytest.fixture(scope="session")
+def embedded_master(tmp_path_factory):
+    """The embedded HPatches-style set, built once per test session."""
+    from datasets.embedded_hpatches import ensure_embedded_hpatches
+
+    return ensure_embedded_hpatches(tmp_path_factory.mktemp("embedded_data"))
+
+
+@pytest.fixture
+def embedded(embedded_master):
+    """The embedded HPatches-style set under this test's DATA_PATH (copied: building it again is slower)."""
+    import shutil
+
+    import settings
+
+    target = settings.data_path() / "hpatches_embedded"
+    shutil.copytree(embedded_master, target)
+    return target

@@ -24,7 +24,6 @@ import datasets
 import export
 import settings
 import train4
-from datasets.embedded_hpatches import ensure_embedded_hpatches
 from datasets.synthetic_shapes import main as generate_main
 from evaluations.predictions import check_export
 from models import SuperPointNet, build_model
@@ -170,11 +169,6 @@ def test_generation_killed_then_rerun_equals_an_uninterrupted_one(tmp_path, monk
     want = {p.relative_to(ref_base).as_posix(): p.read_bytes() for p in sorted(ref_base.rglob("*")) if p.is_file()}
     assert sorted(got) == sorted(want) and all(got[k] == want[k] for k in want)
     assert not [p for p in base.rglob("*") if ".tmp" in p.name]
-
-
-@pytest.fixture(scope="module")
-def embedded_master(tmp_path_factory):
-    return ensure_embedded_hpatches(tmp_path_factory.mktemp("data"))
 
 
 def test_descriptor_export_killed_keeps_the_previous_set_and_reruns_identically(tmp_path, embedded_master):

@@ -1,5 +1,4 @@
 """export.py export_descriptor and export_classical.py, end to end on small data."""
-import shutil
 
 import cv2
 import numpy as np
@@ -10,7 +9,6 @@ import yaml
 import export
 import export_classical
 import settings
-from datasets.embedded_hpatches import ensure_embedded_hpatches
 from exporters.descriptors import detect
 from models import SuperPointNet
 from models.frontend import Frontend
@@ -18,17 +16,6 @@ from models.stand_in import seeded_stand_in
 from utils.geometry import warp_points
 
 KEYS = {"image", "warped_image", "homography", "prob", "warped_prob", "desc", "warped_desc", "name", "pair_index"}
-
-
-@pytest.fixture(scope="module")
-def embedded_master(tmp_path_factory):
-    return ensure_embedded_hpatches(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def embedded(embedded_master):
-    """The embedded set under this test's DATA_PATH (copied: building it again is slower)."""
-    shutil.copytree(embedded_master, settings.data_path() / "hpatches_embedded")
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import evaluation
 import export
 import settings
 import train4
-from datasets.embedded_hpatches import ensure_embedded_hpatches
 from exporters import detector_labels as ha_exporter
 from models import SuperPointNet, build_model
 from models.stand_in import seeded_stand_in
@@ -256,18 +255,6 @@ def test_evaluation_refuses_partial_and_mixed_sets_unless_allowed(tmp_path, embe
 
 
 # ---------------------------------------------------------------- exports: all or nothing
-@pytest.fixture(scope="module")
-def embedded_master(tmp_path_factory):
-    return ensure_embedded_hpatches(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def embedded(embedded_master):
-    """The embedded HPatches-style set under this test's DATA_PATH."""
-    shutil.copytree(embedded_master, settings.data_path() / "hpatches_embedded")
-    return settings.data_path() / "hpatches_embedded"
-
-
 def export_embedded(tmp_path, name, eval_iter=3, seed_weights=0, extra=()):
     weights = tmp_path / f"w{seed_weights}.pth"
     if not weights.exists():
