@@ -75,7 +75,10 @@ def _omp_wait_policy(argv) -> str:
     return os.environ.get("OMP_WAIT_POLICY", "runtime default")
 
 
-OMP_POLICY = _omp_wait_policy(sys.argv[1:])
+# only when run as the benchmark: importing this module (superpoint_quality does) must not read
+# another program's command line or change its environment
+OMP_POLICY = (_omp_wait_policy(sys.argv[1:]) if __name__ == "__main__"
+              else os.environ.get("OMP_WAIT_POLICY", "runtime default"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -83,6 +86,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from evaluations.hpatches_report import ransac_order_accuracy  # noqa: E402
 from models import build_model, load_weights  # noqa: E402
 from models.frontend import Frontend  # noqa: E402
 from models.inference import PRECISIONS, FastSuperPoint, layer_dtypes  # noqa: E402
@@ -479,35 +483,6 @@ def gpu_section(model, photos: list[Path], rounds: int, device=None, precisions=
     return lines
 
 
-def ransac_ordering_accuracy(folder: Path, settings, orderings: int, thresholds=(1, 3, 5)) -> np.ndarray:
-    """Homography accuracy of one folder of predictions under ``orderings`` random orders of the
-    matches: ``orderings x len(thresholds)``.
-
-    The matches are the standard evaluation's (``evaluations.pair_metrics``); only the order in
-    which OpenCV's RANSAC sees them changes. RANSAC draws its samples by index with a fixed seed,
-    so the order decides which samples it tries: the spread of these rows is the metric's own
-    noise, and their mean the accuracy with that noise averaged out.
-    """
-    from evaluations.descriptor import corner_error, estimate_homography
-    from evaluations.pair_metrics import evaluate_pair
-    from evaluations.predictions import list_prediction_files, load_pair
-
-    errors = []
-    for f in list_prediction_files(folder):
-        pair = load_pair(f)
-        drawing = evaluate_pair(pair, settings, repeatability=False).drawing
-        q1, q2 = drawing["match_points1"], drawing["match_points2"]
-        row = []
-        for r in range(orderings):
-            order = np.random.default_rng(r).permutation(len(q1))
-            est = estimate_homography(q1[order], q2[order], settings.ransac_threshold,
-                                      settings.ransac_max_iters, settings.ransac_confidence)
-            row.append(corner_error(pair.homography, est.H, pair.size))
-        errors.append(row)
-    errors = np.asarray(errors)  # pairs x orderings
-    return np.stack([(errors <= t).mean(axis=0) for t in thresholds], axis=1)
-
-
 METRICS = ("HA eps=1", "eps=3", "eps=5", "repeatability", "MLE", "NN mAP", "matching score")
 
 
@@ -522,8 +497,8 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
     ``evaluations.hpatches_report``: homography accuracy (HA) at eps 1 / 3 / 5, repeatability,
     MLE, NN mAP and matching score. The yardsticks of :func:`yardstick_paths` show what a known
     small change does. HA is also given as the mean over ``orderings`` random orders of the
-    matches given to RANSAC (:func:`ransac_ordering_accuracy`), with the spread of single runs for
-    eager fp32; the change columns use that mean (the metric's own noise averaged out).
+    matches given to RANSAC (``evaluations.hpatches_report.ransac_order_accuracy``), with the
+    spread of single runs for eager fp32; the change columns use that mean (the metric's own noise averaged out).
     """
     from datasets.hpatches import HPatches
     from evaluations.hpatches_report import evaluate_folder
@@ -559,7 +534,7 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
         ha = res["homography_accuracy"]
         rows[path.name] = np.array([ha["1"], ha["3"], ha["5"], res["repeatability"], res["mle"], res["nn_map"],
                                     res["matching_score"]], dtype=float)
-        ordered[path.name] = ransac_ordering_accuracy(folder, settings, orderings) if orderings else None
+        ordered[path.name] = ransac_order_accuracy(folder, settings, orderings) if orderings else None
     if "eager fp32" not in rows:
         return ["HPatches-style comparison: needs the 'eager fp32' path (run without --paths)."]
     base = rows["eager fp32"]

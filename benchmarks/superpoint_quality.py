@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import settings  # noqa: E402
-from evaluations.hpatches_report import evaluate_folder  # noqa: E402
+from evaluations.hpatches_report import evaluate_folder, ransac_order_accuracy  # noqa: E402
 from evaluations.protocols import load_settings  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
@@ -149,9 +149,7 @@ def export_and_score(weights: Path | None, root: str, folder: str, orders: int =
     metrics = evaluate_folder(out / "predictions", st, progress=False)["metrics"]
     if orders <= 0:
         return metrics
-    from inference import ransac_ordering_accuracy  # the inference benchmark's RANSAC-order average
-
-    metrics["ha_mean"] = dict(zip(("1", "3", "5"), ransac_ordering_accuracy(out / "predictions", st, orders).mean(0)))
+    metrics["ha_mean"] = dict(zip(("1", "3", "5"), ransac_order_accuracy(out / "predictions", st, orders).mean(0)))
     return metrics
 
 

@@ -171,3 +171,19 @@ def test_cli_segmentation_dispatch(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "mIoU" in out and "0.6250" in out
     assert not (tmp_path / "results.json").exists()  # no HPatches metrics were asked for
+
+
+def test_ransac_order_accuracy_known_answer(tmp_path):
+    """Three perfect pairs and one that cannot be matched: every order gets 3 of 4 right, at every
+    threshold; a pair whose matches are all shifted by 2 px is right at eps 3 and 5 only."""
+    from evaluations.hpatches_report import ransac_order_accuracy
+    from evaluations.protocols import load_settings
+
+    pred = write_folder(tmp_path)
+    a = perfect_arrays(7, n=40)
+    a["warped_prob"] = a["warped_prob"].copy()
+    a["warped_prob"][:, 0] += 2.0  # every match 2 px off in x: corner error exactly 2
+    atomic_save_npz(pred / "4.npz", **a)
+    acc = ransac_order_accuracy(pred, load_settings(), orders=6)
+    assert acc.shape == (6, 3)
+    np.testing.assert_allclose(acc, np.tile([[3 / 5, 4 / 5, 4 / 5]], (6, 1)))
