@@ -239,17 +239,19 @@ class ExportedPath(FrontendPath):
 
 
 def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: list[Path],
-               variants: list[tuple[str, tuple[str, ...]]]) -> list:
-    """One ``onnxruntime int8`` path per (label, quantized layers) of ``variants``, all from one
-    calibration (480x640, the cache under ``workdir``); the records go to ``workdir``."""
+               variants: list[tuple]) -> list:
+    """One ``onnxruntime int8`` path per (label, quantized layers[, calibration method]) of
+    ``variants``, calibrated at 480x640 on the same images (cache under ``workdir``)."""
     from models.int8 import int8_settings, quantize_int8
     from models.onnx_runtime import OnnxRuntimeNetwork
 
     kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
     paths = []
-    for label, layers in variants:
-        settings = int8_settings({"int8_layers": list(layers), "cache_dir": str(workdir / "int8_cache")},
-                                 calibration)
+    for label, layers, *method in variants:
+        section = {"int8_layers": list(layers), "cache_dir": str(workdir / "int8_cache")}
+        if method and method[0]:
+            section["method"] = method[0]
+        settings = int8_settings(section, calibration)
         settings.exclude_files = tuple(exclude)
         data, record = quantize_int8(model, settings)
         name = f"onnxruntime int8 ({label})"
@@ -259,17 +261,20 @@ def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: l
     return paths
 
 
-def parse_int8_variant(text: str) -> tuple[str, tuple[str, ...]]:
-    """``LABEL=LAYER,LAYER`` (the quantized layers) or ``LABEL=all``."""
-    from models.int8 import LAYERS
+def parse_int8_variant(text: str) -> tuple[str, tuple[str, ...], str | None]:
+    """``LABEL=LAYER,LAYER`` (the quantized layers) or ``LABEL=all``, optionally followed by
+    ``@METHOD`` (the calibration method; default: the config's)."""
+    from models.int8 import LAYERS, METHODS
 
-    label, _, layers = text.partition("=")
+    label, _, rest = text.partition("=")
+    layers, _, method = rest.partition("@")
     names = LAYERS if layers == "all" else tuple(n for n in layers.split(",") if n)
     bad = [n for n in names if n not in LAYERS]
-    if not label or not names or bad:
+    if not label or not names or bad or (method and method not in METHODS):
         raise argparse.ArgumentTypeError(f"--int8-variants {text!r}: expected LABEL=all or LABEL=LAYER,LAYER with "
-                                         f"layers among {', '.join(LAYERS)}")
-    return label, names
+                                         f"layers among {', '.join(LAYERS)}, optionally @METHOD "
+                                         f"({' | '.join(METHODS)})")
+    return label, names, method or None
 
 
 def build_paths(model, threads: int, workdir: Path, select: set[str] | None) -> list:
@@ -640,7 +645,8 @@ def main(argv=None) -> int:
                              "the timed frames are left out)")
     parser.add_argument("--int8-variants", nargs="*", type=parse_int8_variant, default=[], metavar="LABEL=LAYERS",
                         help="extra int8 rows with other quantized layers, e.g. all=all block1-2=conv1a,conv1b,"
-                             "conv2a,conv2b (the shipped choice, inference.int8.int8_layers, always runs)")
+                             "conv2a,conv2b, and optionally a calibration method: pct=conv1b,conv2a@percentile "
+                             "(the shipped choice, inference.int8.int8_layers, always runs)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 paths")
     parser.add_argument("--real-pairs", type=Path,
                         help="HPatches-layout folder of real pairs for the second HPatches-style table "
@@ -671,7 +677,7 @@ def main(argv=None) -> int:
             from utils.config import load_defaults
 
             shipped = tuple(load_defaults()["inference"]["int8"]["int8_layers"])
-            variants = [("default: " + ",".join(shipped), shipped)] + list(args.int8_variants)
+            variants = [("default: " + ",".join(shipped), shipped, None)] + list(args.int8_variants)
             calibration = args.calibration or shared_photos_dir() / "freiburg"
             int8_rows = int8_paths(model, args.threads, Path(tmp), calibration, photos, variants)
             paths += int8_rows
