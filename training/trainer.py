@@ -1,6 +1,8 @@
 """The training loop shared by every training task.
 
-Iteration based: ``train_iter`` steps of Adam over an infinite, resumable batch order. Writes
+Iteration based: ``train_iter`` steps of the optimiser of ``model.optimizer`` (Adam by default;
+learning rate ``model.learning_rate``, scheduled per step by ``model.scheduler``, see
+``training.optimization``) over an infinite, resumable batch order. Writes
 ``<EXPER_PATH>/<name>/config.yml``, checkpoints in ``<EXPER_PATH>/<name>/checkpoints/`` (every
 ``save_interval`` steps, at the end, and on Ctrl-C / SIGTERM) and TensorBoard events in
 ``<RUNS_PATH>/<name>/``. A run resumes from its latest checkpoint; every random draw of step
@@ -53,6 +55,7 @@ from training.checkpoints import (
     resolve_pretrained,
     save_checkpoint,
 )
+from training.optimization import build_optimizer, build_scheduler, restart_schedule
 from training.sampler import ResumableBatchSampler
 from training.tensorboard import EventLog
 from utils.cli import UserError, autocast_dtype, resolve_device
@@ -202,8 +205,9 @@ class Trainer:
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("model.freeze: every part of the network is frozen; nothing to train")
-        self.optimizer = torch.optim.Adam(trainable, lr=float(mcfg["learning_rate"]),
-                                          betas=(0.9, 0.999), weight_decay=float(mcfg.get("weight_decay", 0.0)))
+        # model.optimizer over the trainable parameters; model.scheduler steps once per iteration
+        self.optimizer = build_optimizer(trainable, mcfg)
+        self.scheduler = build_scheduler(self.optimizer, mcfg, int(self.config["train_iter"]))
         # fp16 needs loss scaling (bf16 has fp32's range and does not)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.n_iter = 0
@@ -228,15 +232,17 @@ class Trainer:
             load_state(self.net, extract_state_dict(ck), resume,
                        fix=f"it was written by another model.name / model.params: resume with the config "
                            f"saved in {self.exp_dir / 'config.yml'} or train under another experiment name")
+            self.n_iter = int(ck.get("n_iter", 0))
+            if self.scheduler is not None and "scheduler_state_dict" in ck:
+                self.scheduler.load_state_dict(ck["scheduler_state_dict"])
             if "optimizer_state_dict" in ck:
                 self.optimizer.load_state_dict(ck["optimizer_state_dict"])
-                # the config's learning rate wins over the saved one: lowering it for a resumed run works
-                lr = float(self.config["model"]["learning_rate"])
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+            if "optimizer_state_dict" in ck or self.scheduler is not None:
+                # the config's learning rate (and schedule, at this iteration) wins over the saved
+                # one: lowering it for a resumed run works
+                restart_schedule(self.optimizer, self.scheduler, self.config["model"], self.n_iter)
             if self.scaler is not None and "scaler_state_dict" in ck:
                 self.scaler.load_state_dict(ck["scaler_state_dict"])
-            self.n_iter = int(ck.get("n_iter", 0))
             self._log(f"resuming from {resume} (iteration {self.n_iter})")
         elif self.config.get("pretrained"):
             path = resolve_pretrained(self.config, "pretrained")
@@ -249,6 +255,8 @@ class Trainer:
                 self.n_iter = int(obj["n_iter"])
                 if "optimizer_state_dict" in obj:
                     self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+                if self.scheduler is not None:  # the schedule continues from the file's iteration
+                    restart_schedule(self.optimizer, self.scheduler, self.config["model"], self.n_iter)
             self._log(f"initialised from {path} (starting at iteration {self.n_iter})")
 
     def _share_initial_state(self) -> None:
@@ -258,7 +266,8 @@ class Trainer:
         if self.is_main:
             state = [{"model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                       "optimizer": self.optimizer.state_dict(), "n_iter": self.n_iter,
-                      "scaler": self.scaler.state_dict() if self.scaler is not None else None}]
+                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                      "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}]
         dist.broadcast_object_list(state, src=0, device=self._comm_device())
         if not self.is_main:
             st = state[0]
@@ -266,6 +275,8 @@ class Trainer:
             self.optimizer.load_state_dict(st["optimizer"])
             if self.scaler is not None and st["scaler"] is not None:
                 self.scaler.load_state_dict(st["scaler"])
+            if self.scheduler is not None and st["scheduler"] is not None:
+                self.scheduler.load_state_dict(st["scheduler"])
             self.n_iter = int(st["n_iter"])
 
     def _comm_device(self) -> torch.device:
@@ -346,7 +357,11 @@ class Trainer:
         if self.writer is not None:
             self.writer.flush()
         if self.is_main:
-            extra = {"scaler_state_dict": self.scaler.state_dict()} if self.scaler is not None else None
+            extra = {}
+            if self.scaler is not None:
+                extra["scaler_state_dict"] = self.scaler.state_dict()
+            if self.scheduler is not None:
+                extra["scheduler_state_dict"] = self.scheduler.state_dict()
             path = save_checkpoint(self.ckpt_dir, self.n_iter, self.net, self.optimizer, loss, self.config,
                                    keep=int(self.config.get("keep_checkpoints", 0)), extra=extra)
         self._barrier()
@@ -514,7 +529,7 @@ class Trainer:
 
     def _update(self, loss: torch.Tensor) -> None:
         """Backward, gradient clipping (``model.grad_clip``), the optimiser step (through the
-        loss scaler under fp16)."""
+        loss scaler under fp16), then one step of the learning-rate schedule."""
         clip = float(self.config["model"].get("grad_clip", 0.0))
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -529,6 +544,8 @@ class Trainer:
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def _log_step(self, loss: float, logs: dict, prepared: dict) -> None:
         """TensorBoard after step ``n_iter``: the scalars (averaged over the processes; every
@@ -541,6 +558,8 @@ class Trainer:
             logs["loss"] = loss
             logs = self._mean_over_ranks(logs)
             logs["images_per_s"] = self.world_size * self._seen / dt if dt > 0 else 0.0
+            if self.scheduler is not None:  # the rate of the next step
+                logs["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
             self._tb_scalars("train", logs)
             self._t0, self._seen = time.perf_counter(), 0
         if self.n_iter % int(cfg["train_show_interval"]) == 0:
