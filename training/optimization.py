@@ -32,22 +32,35 @@ def _one_of(key: str, value, allowed: tuple) -> str:
     return value
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], model_cfg: dict) -> torch.optim.Optimizer:
-    """The optimiser of ``model.optimizer`` over ``params`` (the trainable parameters)."""
+def optimizer_settings(model_cfg: dict) -> tuple[type, dict]:
+    """(optimiser class, its keyword arguments) for ``model.optimizer``; :class:`ConfigError` on a
+    bad value."""
     ocfg = model_cfg.get("optimizer") or {}
     name = _one_of("model.optimizer.name", ocfg.get("name", "adam"), OPTIMIZERS)
-    lr = float(model_cfg["learning_rate"])
-    weight_decay = float(model_cfg.get("weight_decay", 0.0))
+    kwargs = {"lr": float(model_cfg["learning_rate"]), "weight_decay": float(model_cfg.get("weight_decay", 0.0))}
     if name == "sgd":
         momentum = float(ocfg.get("momentum", 0.0))
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"model.optimizer.momentum: expected a number in [0, 1), got {momentum!r}")
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD, {**kwargs, "momentum": momentum}
     betas = ocfg.get("betas", [0.9, 0.999])
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0.0 <= float(b) < 1.0 for b in betas)):
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)):
         raise ConfigError(f"model.optimizer.betas: expected two numbers in [0, 1), got {betas!r}")
     kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return kind(params, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay)
+    return kind, {**kwargs, "betas": (float(betas[0]), float(betas[1]))}
+
+
+def check_optimization_config(model_cfg: dict, train_iter: int) -> None:
+    """:class:`ConfigError` naming the first bad key of ``model.optimizer`` / ``model.scheduler``."""
+    optimizer_settings(model_cfg)
+    lr_factor(model_cfg, train_iter)
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], model_cfg: dict) -> torch.optim.Optimizer:
+    """The optimiser of ``model.optimizer`` over ``params`` (the trainable parameters)."""
+    kind, kwargs = optimizer_settings(model_cfg)
+    return kind(params, **kwargs)
 
 
 def lr_factor(model_cfg: dict, train_iter: int) -> Callable[[int], float] | None:

@@ -55,7 +55,12 @@ from training.checkpoints import (
     resolve_pretrained,
     save_checkpoint,
 )
-from training.optimization import build_optimizer, build_scheduler, restart_schedule
+from training.optimization import (
+    build_optimizer,
+    build_scheduler,
+    check_optimization_config,
+    restart_schedule,
+)
 from training.sampler import ResumableBatchSampler
 from training.tensorboard import EventLog
 from utils.cli import UserError, autocast_dtype, resolve_device
@@ -159,6 +164,7 @@ class Trainer:
         if self.distributed and not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("Trainer: world_size > 1 needs an initialised process group "
                                "(use training.distributed.launch under torchrun)")
+        check_optimization_config(config["model"], int(config["train_iter"]))  # bad values fail before any work
         self.device = device if device is not None else resolve_device(config.get("device", "auto"))
         self.amp_dtype = autocast_dtype(config.get("precision", "auto"), self.device)
         self.exp_dir = settings.exper_path() / name
