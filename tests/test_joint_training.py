@@ -99,6 +99,46 @@ def test_validation_matches_everything_on_identical_pairs():
 
 
 
+class CountingNet(torch.nn.Module):
+    """The network, counting the images it is run on."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.images = net, 0
+
+    def forward(self, x):
+        self.images += x.shape[0]
+        return self.net(x)
+
+
+def test_validation_runs_the_network_once_per_image_with_the_metrics_of_separate_passes():
+    from evaluations.detection_pr import DetectionAccumulator
+    from models.frontend import Frontend, keypoint_settings
+
+    cfg = config()
+    task = SuperPointTask(cfg)
+    torch.manual_seed(0)
+    net = CountingNet(build_model(cfg["model"]).eval())
+    _, val_set = task.datasets()
+    batches = [collate([val_set[i] for i in range(k, k + 4)]) for k in (0, 4)]
+    with torch.no_grad():
+        metrics = task.validate(net, batches, CPU)
+    assert net.images == 2 * 8  # each image and each warped image once
+    # the same metrics from a pass of its own for the detections and one per side for matching
+    acc, rng = DetectionAccumulator(distance=2.0), Randomness.from_seed(0, CPU)
+    frontend = Frontend(net, **keypoint_settings(cfg["model"]))
+    correct = total = 0
+    with torch.no_grad():
+        for batch in batches:
+            prepared = task.prepare(batch, False, rng, CPU)
+            task.validate_detections(acc, net, prepared)
+            c, t = matching_counts(frontend(prepared["image"]), frontend(prepared["warped_image"]),
+                                   prepared["homography"], task.match_distance)
+            correct, total = correct + c, total + t
+    expected = {**task.detection_metrics(acc), "matching_accuracy": correct / total, "matches_per_image": total / 8}
+    assert metrics == expected and total > 0 and metrics["recall"] > 0
+
+
 def test_resume_continues_the_same_loss_curve():
     cfg = config()
     straight = Recorder(cfg)

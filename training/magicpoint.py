@@ -93,7 +93,11 @@ class DetectorTask:
         return loss, logs
 
     def detect(self, model, images: torch.Tensor, min_score: float):
-        heat = semi_to_heatmap(model(images)["semi"])
+        return self.detections_of(model(images)["semi"], min_score)
+
+    def detections_of(self, semi: torch.Tensor, min_score: float):
+        """Keypoints scoring at least ``min_score`` from the network's cell logits ``semi``."""
+        heat = semi_to_heatmap(semi)
         return extract_keypoints(heat, min_score, int(self.model_cfg["nms"]),
                                  int(self.model_cfg.get("remove_borders", 0)))
 
@@ -104,9 +108,12 @@ class DetectorTask:
             self.validate_detections(acc, model, self.prepare(batch, False, rng, device))
         return self.detection_metrics(acc)
 
-    def validate_detections(self, acc: DetectionAccumulator, model, prepared: dict) -> None:
-        """Add one prepared batch's detections (down to MAP_MIN_SCORE) to ``acc``."""
-        kp = self.detect(model, prepared["image"], MAP_MIN_SCORE)
+    def validate_detections(self, acc: DetectionAccumulator, model, prepared: dict,
+                            semi: torch.Tensor | None = None) -> None:
+        """Add one prepared batch's detections (down to MAP_MIN_SCORE) to ``acc``; ``semi``: the
+        network's outputs on ``prepared["image"]`` when the caller has them (no second forward)."""
+        kp = self.detect(model, prepared["image"], MAP_MIN_SCORE) if semi is None \
+            else self.detections_of(semi, MAP_MIN_SCORE)
         for gt, pts in zip(label_points(prepared["label_map"]), kp.to_list()):
             pts = pts.float().cpu().numpy()
             acc.add(pts[:, :2], pts[:, 2], gt)

@@ -206,12 +206,13 @@ class SuperPointTask(DetectorTask):
         confusion = None
         for batch in batches:
             prepared = self.prepare(batch, False, rng, device)
+            # one forward pass per image: the detections, matches and segmentation share it
+            out_a = frontend(prepared["image"])
+            out_b = frontend(prepared["warped_image"])
             if prepared.get("has_labels", True):
                 has_labels = True
-                self.validate_detections(acc, model, prepared)
-            out_a = frontend(prepared["image"])
-            c, t = matching_counts(out_a, frontend(prepared["warped_image"]),
-                                   prepared["homography"], self.match_distance)
+                self.validate_detections(acc, model, prepared, semi=out_a.raw["semi"])
+            c, t = matching_counts(out_a, out_b, prepared["homography"], self.match_distance)
             correct, total, images = correct + c, total + t, images + prepared["image"].shape[0]
             if self.segmentation and "seg" in prepared:
                 cm = self.segmentation_confusion(out_a.raw["seg"], prepared["seg"])

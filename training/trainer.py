@@ -1,6 +1,8 @@
 """The training loop shared by every training task.
 
-Iteration based: ``train_iter`` steps of Adam over an infinite, resumable batch order. Writes
+Iteration based: ``train_iter`` steps of the optimiser of ``model.optimizer`` (Adam by default;
+learning rate ``model.learning_rate``, scheduled per step by ``model.scheduler``, see
+``training.optimization``) over an infinite, resumable batch order. Writes
 ``<EXPER_PATH>/<name>/config.yml``, checkpoints in ``<EXPER_PATH>/<name>/checkpoints/`` (every
 ``save_interval`` steps, at the end, and on Ctrl-C / SIGTERM) and TensorBoard events in
 ``<RUNS_PATH>/<name>/``. A run resumes from its latest checkpoint; every random draw of step
@@ -52,6 +54,12 @@ from training.checkpoints import (
     load_checkpoint,
     resolve_pretrained,
     save_checkpoint,
+)
+from training.optimization import (
+    build_optimizer,
+    build_scheduler,
+    check_optimization_config,
+    restart_schedule,
 )
 from training.sampler import ResumableBatchSampler
 from training.tensorboard import EventLog
@@ -156,12 +164,15 @@ class Trainer:
         if self.distributed and not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("Trainer: world_size > 1 needs an initialised process group "
                                "(use training.distributed.launch under torchrun)")
+        check_optimization_config(config["model"], int(config["train_iter"]))  # bad values fail before any work
         self.device = device if device is not None else resolve_device(config.get("device", "auto"))
         self.amp_dtype = autocast_dtype(config.get("precision", "auto"), self.device)
         self.exp_dir = settings.exper_path() / name
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.runs_dir = settings.runs_path() / name
         self.writer = None
+        self.last_metrics: dict = {}
+        self._t0, self._seen = time.perf_counter(), 0
 
     # ------------------------------------------------------------------ setup
     def _autocast(self):
@@ -200,8 +211,9 @@ class Trainer:
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("model.freeze: every part of the network is frozen; nothing to train")
-        self.optimizer = torch.optim.Adam(trainable, lr=float(mcfg["learning_rate"]),
-                                          betas=(0.9, 0.999), weight_decay=float(mcfg.get("weight_decay", 0.0)))
+        # model.optimizer over the trainable parameters; model.scheduler steps once per iteration
+        self.optimizer = build_optimizer(trainable, mcfg)
+        self.scheduler = build_scheduler(self.optimizer, mcfg, int(self.config["train_iter"]))
         # fp16 needs loss scaling (bf16 has fp32's range and does not)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.n_iter = 0
@@ -226,15 +238,17 @@ class Trainer:
             load_state(self.net, extract_state_dict(ck), resume,
                        fix=f"it was written by another model.name / model.params: resume with the config "
                            f"saved in {self.exp_dir / 'config.yml'} or train under another experiment name")
+            self.n_iter = int(ck.get("n_iter", 0))
+            if self.scheduler is not None and "scheduler_state_dict" in ck:
+                self.scheduler.load_state_dict(ck["scheduler_state_dict"])
             if "optimizer_state_dict" in ck:
                 self.optimizer.load_state_dict(ck["optimizer_state_dict"])
-                # the config's learning rate wins over the saved one: lowering it for a resumed run works
-                lr = float(self.config["model"]["learning_rate"])
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+            if "optimizer_state_dict" in ck or self.scheduler is not None:
+                # the config's learning rate (and schedule, at this iteration) wins over the saved
+                # one: lowering it for a resumed run works
+                restart_schedule(self.optimizer, self.scheduler, self.config["model"], self.n_iter)
             if self.scaler is not None and "scaler_state_dict" in ck:
                 self.scaler.load_state_dict(ck["scaler_state_dict"])
-            self.n_iter = int(ck.get("n_iter", 0))
             self._log(f"resuming from {resume} (iteration {self.n_iter})")
         elif self.config.get("pretrained"):
             path = resolve_pretrained(self.config, "pretrained")
@@ -247,6 +261,8 @@ class Trainer:
                 self.n_iter = int(obj["n_iter"])
                 if "optimizer_state_dict" in obj:
                     self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+                if self.scheduler is not None:  # the schedule continues from the file's iteration
+                    restart_schedule(self.optimizer, self.scheduler, self.config["model"], self.n_iter)
             self._log(f"initialised from {path} (starting at iteration {self.n_iter})")
 
     def _share_initial_state(self) -> None:
@@ -256,7 +272,8 @@ class Trainer:
         if self.is_main:
             state = [{"model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                       "optimizer": self.optimizer.state_dict(), "n_iter": self.n_iter,
-                      "scaler": self.scaler.state_dict() if self.scaler is not None else None}]
+                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                      "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}]
         dist.broadcast_object_list(state, src=0, device=self._comm_device())
         if not self.is_main:
             st = state[0]
@@ -264,6 +281,8 @@ class Trainer:
             self.optimizer.load_state_dict(st["optimizer"])
             if self.scaler is not None and st["scaler"] is not None:
                 self.scaler.load_state_dict(st["scaler"])
+            if self.scheduler is not None and st["scheduler"] is not None:
+                self.scheduler.load_state_dict(st["scheduler"])
             self.n_iter = int(st["n_iter"])
 
     def _comm_device(self) -> torch.device:
@@ -344,7 +363,11 @@ class Trainer:
         if self.writer is not None:
             self.writer.flush()
         if self.is_main:
-            extra = {"scaler_state_dict": self.scaler.state_dict()} if self.scaler is not None else None
+            extra = {}
+            if self.scaler is not None:
+                extra["scaler_state_dict"] = self.scaler.state_dict()
+            if self.scheduler is not None:
+                extra["scheduler_state_dict"] = self.scheduler.state_dict()
             path = save_checkpoint(self.ckpt_dir, self.n_iter, self.net, self.optimizer, loss, self.config,
                                    keep=int(self.config.get("keep_checkpoints", 0)), extra=extra)
         self._barrier()
@@ -425,85 +448,27 @@ class Trainer:
             self._loaders()
             return self.validate()
         self._loaders()
-        if self.is_main:
-            # a resumed run logs again from step n_iter + 1: TensorBoard drops what a killed run
-            # wrote there (steps up to n_iter were flushed with the checkpoint)
-            self.writer = EventLog(self.runs_dir, purge_step=self.n_iter + 1 if self.n_iter > 0 else None)
-            procs = f" x {self.world_size} processes" if self.distributed else ""
-            self._log(f"training {self.name} on {self.device}{procs} "
-                      f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
-                      f"iterations {self.n_iter} -> {total}; logs in {self.exp_dir}, TensorBoard in {self.runs_dir}")
+        self._open_event_log(total)
         train_mode(self.model, self.frozen)
-        last_metrics: dict = {}
+        self.last_metrics = {}
         last_loss = None
-        t0, seen = time.perf_counter(), 0
+        self._t0, self._seen = time.perf_counter(), 0  # images per second since the last log
         bar = tqdm(total=total, initial=self.n_iter, desc=self.name, disable=not self.is_main, dynamic_ncols=True)
-        clip = float(cfg["model"].get("grad_clip", 0.0))
-        limit = float(cfg.get("time_limit_minutes", 0.0)) * 60
         started = time.monotonic()
         stopped = False
         try:
             with _StopFlag() as stop:
                 for batch in self._batches(stop):
-                    rng = self._step_randomness(len(batch["image"]))
-                    prepared = self.task.prepare(batch, True, rng, self.device)
-                    with self._autocast():
-                        loss, logs = self.task.loss(self.model, prepared)
-                    # every process learns whether any has a non-finite loss or was asked to stop
-                    bad, stopping = self._agree([not bool(torch.isfinite(loss.detach())), stop.signal is not None])
-                    if bad:
-                        # the weights of a checkpoint of this very step gave the non-finite loss: not good
-                        current = checkpoint_path(self.ckpt_dir, self.n_iter)
-                        if self.is_main and current.is_file():
-                            current.replace(current.with_name(current.name + NONFINITE_SUFFIX))
-                        good = latest_checkpoint(self.ckpt_dir)
-                        value = float(loss.detach())
-                        what = (f"non-finite loss ({value}{f' on rank {self.rank}' if self.distributed else ''})"
-                                if not math.isfinite(value) else "non-finite loss on another process")
-                        raise NonFiniteLoss(f"{what} at iteration {self.n_iter}; stopping. "
-                                            f"The last good checkpoint is {good if good else '(none yet)'}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.scaler is not None:
-                        self.scaler.scale(loss).backward()
-                        if clip > 0:
-                            self.scaler.unscale_(self.optimizer)
-                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                    else:
-                        loss.backward()
-                        if clip > 0:
-                            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                        self.optimizer.step()
-                    self.n_iter += 1
-                    seen += prepared["image"].shape[0]
-                    last_loss = float(loss.detach())
+                    last_loss, logs, prepared, stopping = self._step(batch, stop)
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
-
-                    it = self.n_iter
-                    if it % int(cfg["tensorboard_interval"]) == 0 or self.debug:
-                        dt = time.perf_counter() - t0
-                        logs = {k: float(v) for k, v in logs.items()}
-                        logs["loss"] = last_loss
-                        logs = self._mean_over_ranks(logs)
-                        logs["images_per_s"] = self.world_size * seen / dt if dt > 0 else 0.0
-                        self._tb_scalars("train", logs)
-                        t0, seen = time.perf_counter(), 0
-                    if it % int(cfg["train_show_interval"]) == 0:
-                        self._tb_images(prepared)
-                    if self.do_eval and it % int(cfg["validation_interval"]) == 0:
-                        last_metrics = self.validate()
-                        self._tb_scalars("val", last_metrics)
-                        self._log(f"[{self.name} {it}] val " + "  ".join(
-                            f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
-                    if it % int(cfg["save_interval"]) == 0:
-                        self.save(last_loss)
-                    stopped = stopping if self.distributed else stop.signal is not None
-                    if stopped or it >= total:
-                        break
-                    if limit > 0 and self._agree([time.monotonic() - started > limit])[0]:
-                        self._log(f"time limit of {limit / 60:g} min reached at iteration {it}")
+                    self._log_step(last_loss, logs, prepared)
+                    if self.do_eval and self.n_iter % int(cfg["validation_interval"]) == 0:
+                        self._run_validation()
+                    self._maybe_checkpoint(last_loss)
+                    reason = self._should_stop(stop, stopping, total, started)
+                    stopped = reason == "signal"
+                    if reason is not None:
                         break
         except BaseException:
             bar.close()  # so that an error message starts on its own line
@@ -515,11 +480,7 @@ class Trainer:
             stopped = True
         path = self.save(last_loss)
         if not stopped and self.do_eval and self.n_iter % int(cfg["validation_interval"]) != 0:
-            # the final validation goes to TensorBoard too, so the writer closes after it
-            last_metrics = self.validate()
-            self._tb_scalars("val", last_metrics)
-            self._log(f"[{self.name} {self.n_iter}] val " + "  ".join(
-                f"{k} {v:.4f}" for k, v in last_metrics.items() if isinstance(v, float)))
+            self._run_validation()  # the final one goes to TensorBoard too: the writer closes after it
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
@@ -527,4 +488,112 @@ class Trainer:
             self._log(f"stopped at iteration {self.n_iter}; checkpoint {path}. Re-run the same command to resume.")
             raise KeyboardInterrupt
         self._log(f"done: {self.name} at iteration {self.n_iter}; checkpoint {path}")
-        return last_metrics
+        return self.last_metrics
+
+    # ------------------------------------------------------------------ the parts of a step
+    def _open_event_log(self, total: int) -> None:
+        """Rank 0: the TensorBoard writer and the line that says what this run does."""
+        if not self.is_main:
+            return
+        # a resumed run logs again from step n_iter + 1: TensorBoard drops what a killed run
+        # wrote there (steps up to n_iter were flushed with the checkpoint)
+        self.writer = EventLog(self.runs_dir, purge_step=self.n_iter + 1 if self.n_iter > 0 else None)
+        procs = f" x {self.world_size} processes" if self.distributed else ""
+        self._log(f"training {self.name} on {self.device}{procs} "
+                  f"({'fp32' if self.amp_dtype is None else str(self.amp_dtype).replace('torch.', '')}), "
+                  f"iterations {self.n_iter} -> {total}; logs in {self.exp_dir}, TensorBoard in {self.runs_dir}")
+
+    def _step(self, batch: dict, stop: _StopFlag) -> tuple[float, dict, dict, bool]:
+        """One training step on ``batch``: forward, the cross-process checks, backward and update.
+
+        Returns (loss, the task's logs, the prepared batch, whether any process was asked to stop).
+        Raises :class:`NonFiniteLoss` (on every process) when any process's loss is not finite."""
+        rng = self._step_randomness(len(batch["image"]))
+        prepared = self.task.prepare(batch, True, rng, self.device)
+        with self._autocast():
+            loss, logs = self.task.loss(self.model, prepared)
+        # every process learns whether any has a non-finite loss or was asked to stop
+        bad, stopping = self._agree([not bool(torch.isfinite(loss.detach())), stop.signal is not None])
+        if bad:
+            self._stop_non_finite(float(loss.detach()))
+        self._update(loss)
+        self.n_iter += 1
+        self._seen += prepared["image"].shape[0]
+        return float(loss.detach()), logs, prepared, stopping
+
+    def _stop_non_finite(self, value: float) -> None:
+        """Raise :class:`NonFiniteLoss`; a checkpoint of this very step (its weights gave the
+        non-finite loss) is not good and is renamed ``*.nonfinite``."""
+        current = checkpoint_path(self.ckpt_dir, self.n_iter)
+        if self.is_main and current.is_file():
+            current.replace(current.with_name(current.name + NONFINITE_SUFFIX))
+        good = latest_checkpoint(self.ckpt_dir)
+        what = (f"non-finite loss ({value}{f' on rank {self.rank}' if self.distributed else ''})"
+                if not math.isfinite(value) else "non-finite loss on another process")
+        raise NonFiniteLoss(f"{what} at iteration {self.n_iter}; stopping. "
+                            f"The last good checkpoint is {good if good else '(none yet)'}")
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping (``model.grad_clip``), the optimiser step (through the
+        loss scaler under fp16), then one step of the learning-rate schedule."""
+        clip = float(self.config["model"].get("grad_clip", 0.0))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def _log_step(self, loss: float, logs: dict, prepared: dict) -> None:
+        """TensorBoard after step ``n_iter``: the scalars (averaged over the processes; every
+        process takes part) every ``tensorboard_interval`` steps, the task's images every
+        ``train_show_interval`` steps."""
+        cfg = self.config
+        if self.n_iter % int(cfg["tensorboard_interval"]) == 0 or self.debug:
+            dt = time.perf_counter() - self._t0
+            logs = {k: float(v) for k, v in logs.items()}
+            logs["loss"] = loss
+            logs = self._mean_over_ranks(logs)
+            logs["images_per_s"] = self.world_size * self._seen / dt if dt > 0 else 0.0
+            if self.scheduler is not None:  # the rate of the next step
+                logs["learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+            self._tb_scalars("train", logs)
+            self._t0, self._seen = time.perf_counter(), 0
+        if self.n_iter % int(cfg["train_show_interval"]) == 0:
+            self._tb_images(prepared)
+
+    def _run_validation(self) -> dict:
+        """Validate (rank 0), write the metrics to TensorBoard and log them in one line."""
+        self.last_metrics = self.validate()
+        self._tb_scalars("val", self.last_metrics)
+        self._log(f"[{self.name} {self.n_iter}] val " + "  ".join(
+            f"{k} {v:.4f}" for k, v in self.last_metrics.items() if isinstance(v, float)))
+        return self.last_metrics
+
+    def _maybe_checkpoint(self, loss: float) -> None:
+        """Save every ``save_interval`` steps (all processes call this)."""
+        if self.n_iter % int(self.config["save_interval"]) == 0:
+            self.save(loss)
+
+    def _should_stop(self, stop: _StopFlag, stopping: bool, total: int, started: float) -> str | None:
+        """Why the loop ends after this step, else None: ``"signal"`` (Ctrl-C / SIGTERM, on any
+        process), ``"done"`` (``train_iter`` reached) or ``"time"`` (``time_limit_minutes`` since
+        ``started`` passed, on any process; every process asks at the same steps)."""
+        if stopping if self.distributed else stop.signal is not None:
+            return "signal"
+        if self.n_iter >= total:
+            return "done"
+        limit = float(self.config.get("time_limit_minutes", 0.0)) * 60
+        if limit > 0 and self._agree([time.monotonic() - started > limit])[0]:
+            self._log(f"time limit of {limit / 60:g} min reached at iteration {self.n_iter}")
+            return "time"
+        return None
