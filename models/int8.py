@@ -45,7 +45,7 @@ class Int8Settings:
     calibration: Path | None           # folder of calibration images (the user's own, not evaluation images)
     count: int = 16                    # images used, spread evenly over the sorted folder
     size: tuple[int, int] = (480, 640)  # H, W the images are centre-cropped and resized to
-    method: str = "minmax"             # minmax | entropy | percentile
+    method: str = "percentile"         # minmax | entropy | percentile
     int8_layers: tuple[str, ...] = ("conv1b", "conv2a", "conv2b")  # layers of LAYERS quantized; others fp32
     cache_dir: Path | None = None      # calibration cache (default <EXPER_PATH>/int8_calibration)
     exclude_files: tuple[Path, ...] = field(default=())  # files never used (e.g. evaluation frames)
@@ -56,7 +56,7 @@ def int8_settings(section: dict | None, calibration: str | Path | None = None) -
     its folder, e.g. from ``--calibration``); bad values are one-line :class:`ConfigError` s."""
     section = dict(section or {})
     folder = calibration if calibration is not None else section.get("calibration")
-    method = str(section.get("method", "minmax")).lower()
+    method = str(section["method"] if "method" in section else Int8Settings.method).lower()
     if method not in METHODS:
         raise ConfigError(f"inference.int8.method: unknown value {method!r} (expected {', '.join(METHODS)})")
     size = section.get("size", [480, 640])
