@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from models.inference import fold_batchnorm
 from utils.geometry import sample_homography
 from utils.keypoints import CELL, semi_to_heatmap
 
@@ -280,8 +281,6 @@ def fold_graph_batchnorms(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     The folded convolution is a new module (a module called twice stays as it is for its other
     call); the batch norm node is dropped from the graph and unused modules are deleted.
     """
-    from models.inference import fold_batchnorm
-
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), torch.nn.BatchNorm2d):
