@@ -29,11 +29,14 @@ class TupleOutputs(torch.nn.Module):
         return tuple(out[n] for n in self.names)
 
 
+OUTPUTS = ("semi", "desc", "seg")  # the order of an exported network's outputs (those it has)
+
+
 def output_names(model: torch.nn.Module) -> tuple[str, ...]:
     """``semi``, ``desc`` and, when the model has one, ``seg``."""
     with torch.no_grad():
         out = model(torch.zeros(1, 1, 16, 16, device=next(model.parameters()).device))
-    return tuple(n for n in ("semi", "desc", "seg") if n in out)
+    return tuple(n for n in OUTPUTS if n in out)
 
 
 def onnx_bytes(model: torch.nn.Module, names: tuple[str, ...], sample: torch.Tensor) -> bytes:
