@@ -193,7 +193,7 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     Reads ``inference.engine`` / ``precision`` / ``channels_last`` / ``strip_rows`` and the
     keypoint settings of ``model:``. The fast engine copies the weights into a
     :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
-    engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
+    engine runs the module under autocast; the onnxruntime engine exports ``model`` to
     ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision,
     except ``int8``: the export quantized with the calibration of ``inference.int8``
     (:func:`models.int8.quantize_int8`, calibration cached); ``auto`` picks one
