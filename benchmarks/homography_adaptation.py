@@ -32,11 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import build_model, load_weights  # noqa: E402
+from models.frontend import Frontend, keypoint_settings  # noqa: E402
 from models.homography_adaptation import homography_adaptation, prepare_detector, sample_adaptation_homographies  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.geometry import warp_image, warped_valid_mask  # noqa: E402
 from utils.io import read_image_gray  # noqa: E402
-from utils.keypoints import extract_keypoints, semi_to_heatmap  # noqa: E402
+from utils.keypoints import semi_to_heatmap  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,8 +88,9 @@ def loop_adaptation(model, image: torch.Tensor, H: torch.Tensor, margin: int) ->
     return torch.where(counts > 0, total / counts.clamp(min=1e-12), torch.zeros_like(total))
 
 
-def keypoints(heat: torch.Tensor, kp: dict) -> list[torch.Tensor]:
-    return extract_keypoints(heat, kp["detection_threshold"], kp["nms"], kp["remove_borders"], kp["top_k"]).to_list()
+def keypoints(heat: torch.Tensor, frontend: Frontend) -> list[torch.Tensor]:
+    """The keypoints the label export takes from an aggregated heatmap (the front end's step)."""
+    return frontend.keypoints(heat).to_list()
 
 
 def agreement(ref: list[torch.Tensor], other: list[torch.Tensor]) -> float:
@@ -134,7 +136,6 @@ def main(argv=None) -> int:
 
     config = load_config(REPO / "configs" / "magicpoint_coco_export.yaml")
     ha = dict(config["data"]["homography_adaptation"], num=args.num)
-    kp = config["model"]
     size = tuple(args.size)
     torch.manual_seed(0)
     model = build_model({"name": "SuperPointNet_gauss2"})
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
         load_weights(model, args.weights)
     model.eval()
     prepared = prepare_detector(model)
+    kp = Frontend(prepared, **keypoint_settings(config["model"]))
     images = load_images(args.images, size)
     H = torch.cat([sample_adaptation_homographies(1, args.num, size, ha["homographies"]["params"],
                                                   torch.Generator().manual_seed(i)) for i in range(args.images)])

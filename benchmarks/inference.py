@@ -226,18 +226,6 @@ class FrontendPath:
         return result.keypoints.to_list()[0][:, :2].cpu().numpy()
 
 
-class ExportedPath(FrontendPath):
-    """An exported file's network (ONNX Runtime or TorchScript) + the front end's post-processing."""
-
-    def __init__(self, name: str, runner, frontend: Frontend):
-        super().__init__(name, frontend, "fp32")
-        self.runner = runner
-
-    def network(self, image: np.ndarray):
-        semi, desc = self.runner(image[None, None])[:2]
-        return {"semi": torch.from_numpy(np.asarray(semi)), "desc": torch.from_numpy(np.asarray(desc))}
-
-
 def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: list[Path],
                variants: list[tuple]) -> list:
     """One ``onnxruntime int8`` path per (label, quantized layers[, calibration method]) of
@@ -278,7 +266,7 @@ def parse_int8_variant(text: str) -> tuple[str, tuple[str, ...], str | None]:
 
 
 def build_paths(model, threads: int, workdir: Path, select: set[str] | None) -> list:
-    from exporters.model_export import export_torchscript, exported_runner
+    from exporters.model_export import export_torchscript, exported_network
     from models.onnx_runtime import OnnxRuntimeNetwork
 
     kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
@@ -287,17 +275,17 @@ def build_paths(model, threads: int, workdir: Path, select: set[str] | None) -> 
         ("reference (MagicLeap-style)", lambda: ReferenceFrontend(model)),
         ("eager fp32", lambda: FrontendPath("eager fp32", Frontend(model, **kp), "fp32")),
         ("eager fp32 channels-last", lambda: FrontendPath(
-            "eager fp32 channels-last", Frontend(_copy(model), **kp, channels_last=True), "fp32")),
+            "eager fp32 channels-last", Frontend(model, **kp, channels_last=True), "fp32")),
     ]
     if bf16:
         specs.append(("eager autocast bf16 channels-last", lambda: FrontendPath(
             "eager autocast bf16 channels-last",
-            Frontend(_copy(model), **kp, autocast_dtype=torch.bfloat16, channels_last=True), "bf16")))
+            Frontend(model, **kp, autocast_dtype=torch.bfloat16, channels_last=True), "bf16")))
 
     def exported(fmt, name):
         path = workdir / "superpoint.pt"
         export_torchscript(model, path, ("semi", "desc"), torch.rand(1, 1, 64, 80))
-        return ExportedPath(name, exported_runner(path, fmt, threads), Frontend(model, **kp))
+        return FrontendPath(name, Frontend(exported_network(path, fmt, threads), **kp), "fp32")
 
     specs += [("torchscript fp32 (frozen)", lambda: exported("torchscript", "torchscript fp32 (frozen)")),
               ("onnxruntime fp32", lambda: FrontendPath(
@@ -464,7 +452,7 @@ def gpu_section(model, photos: list[Path], rounds: int, device=None, precisions=
             if engine == "fast":
                 fe = Frontend(FastSuperPoint(model, prec), **kp)
             else:
-                fe = Frontend(_copy(model), **kp, channels_last=True,
+                fe = Frontend(model, **kp, channels_last=True,
                               autocast_dtype=None if prec == "fp32" else dt)
             for b in batches:
                 x = big[:b]

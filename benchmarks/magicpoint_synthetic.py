@@ -39,9 +39,9 @@ from datasets import get_dataset  # noqa: E402
 from datasets.collate import collate  # noqa: E402
 from evaluations.detection_pr import DetectionAccumulator  # noqa: E402
 from models import build_model, load_pretrained  # noqa: E402
-from training.magicpoint import MAP_MIN_SCORE  # noqa: E402
+from training.magicpoint import MAP_MIN_SCORE, detect_keypoints  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.keypoints import extract_keypoints, semi_to_heatmap  # noqa: E402
+from utils.keypoints import semi_to_heatmap  # noqa: E402
 
 from machine_info import cpu_name  # noqa: E402
 
@@ -152,12 +152,10 @@ def evaluate(model: torch.nn.Module, config: dict, distances=(2.0, 4.0), max_ima
     per = {d: {} for d in distances}
     for start in range(0, n, batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, n))])
-        heat = semi_to_heatmap(model(batch["image"])["semi"])
-        if protocol == "ours":
-            detections = extract_keypoints(heat, MAP_MIN_SCORE, int(mcfg["nms"]),
-                                           int(mcfg.get("remove_borders", 0))).to_list()
+        if protocol == "ours":  # the training validation's detections
+            detections = detect_keypoints(model, batch["image"], mcfg, MAP_MIN_SCORE).to_list()
         else:
-            detections = reference_detections(heat)
+            detections = reference_detections(semi_to_heatmap(model(batch["image"])["semi"]))
         for b, pts in enumerate(detections):
             gt = batch["keypoints"][b][batch["keypoint_mask"][b]].numpy()
             pts = np.asarray(pts)

@@ -5,7 +5,8 @@
 For every image of the split ``data.export_folder`` (train | val) of ``data.dataset``, the
 detector (``pretrained``) runs under homographic adaptation (``data.homography_adaptation``, see
 :mod:`models.homography_adaptation`) and the keypoints of the aggregated heatmap
-(``model.detection_threshold / nms / remove_borders / top_k / subpixel``) are written to
+(``model.detection_threshold / nms / remove_borders / top_k / subpixel``, applied by
+:meth:`models.frontend.Frontend.keypoints`) are written to
 
     <EXPER_PATH>/<exper_name>/predictions/<split>/<item name>.npz     (format: datasets/keypoint_labels.py)
 
@@ -39,13 +40,12 @@ from tqdm import tqdm
 from datasets import get_dataset
 from datasets.keypoint_labels import label_path, load_keypoint_labels, save_keypoint_labels
 from models import load_pretrained
-from models.frontend import keypoint_settings
+from models.frontend import Frontend, keypoint_settings
 from models.homography_adaptation import homography_adaptation, prepare_detector
 from training.checkpoints import resolve_pretrained
 from utils.cli import UserError, autocast_dtype, resolve_device
 from utils.draw import draw_keypoints, save_rgb
 from utils.io import ImageReadError
-from utils.keypoints import extract_keypoints
 
 SPLITS = ("train", "val")
 
@@ -169,7 +169,8 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     amp = autocast_dtype(config.get("precision", "auto"), device)
     detector = load_detector(config, device)
-    kp_cfg = keypoint_settings(config["model"])
+    # the front end's post-processing, applied to the aggregated heatmap
+    frontend = Frontend(detector, **keypoint_settings(config["model"]))
     ha_cfg = data["homography_adaptation"]
     if not ha_cfg.get("enable", True):  # adaptation off: the detector's own keypoints (identity view only)
         ha_cfg = {**ha_cfg, "num": 1}
@@ -187,9 +188,7 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         image = item["image"][None].to(device)
         gen = torch.Generator().manual_seed(image_seed(seed, name))
         heat = homography_adaptation(detector, image, ha_cfg, gen, autocast_dtype=amp)
-        kp = extract_keypoints(heat, kp_cfg["detection_threshold"], kp_cfg["nms_radius"], kp_cfg["border"],
-                               kp_cfg["top_k"], kp_cfg["subpixel"], kp_cfg["patch_size"])
-        pts = kp.to_list()[0].float().cpu().numpy()
+        pts = frontend.keypoints(heat).to_list()[0].float().cpu().numpy()
         if not np.isfinite(pts).all():  # never write labels a training would choke on
             warnings.warn(f"skipping {name}: the detector gave non-finite keypoints", stacklevel=2)
             stats.failed += 1

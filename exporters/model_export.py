@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from models import load_pretrained
-from models.onnx_runtime import TupleOutputs, cpu_session, onnx_bytes, output_names
+from models.onnx_runtime import OUTPUTS, OnnxRuntimeNetwork, TupleOutputs, onnx_bytes, output_names
 from training.checkpoints import resolve_pretrained
 from utils.cli import UserError
 from utils.io import atomic_path, atomic_write_bytes, atomic_write_text
@@ -67,37 +67,49 @@ def export_torchscript(model: torch.nn.Module, path: Path, names: tuple[str, ...
         torch.jit.save(frozen, str(tmp))
 
 
-def exported_runner(path: Path, fmt: str, threads: int | None = None):
-    """A function ``image (numpy B x 1 x H x W float32) -> list of numpy outputs`` for the file."""
-    if fmt == "onnx":
-        session = cpu_session(str(path), threads)
-        return lambda image: session.run(None, {"image": image})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-        module = torch.jit.load(str(path), map_location="cpu")
+class TorchScriptNetwork(torch.nn.Module):
+    """An ``export_model`` TorchScript file called like the network: ``B x 1 x H x W`` float
+    images -> ``{"semi", "desc"[, "seg"]}`` float32 CPU tensors."""
 
-    def run_ts(image):
+    def __init__(self, path: Path):
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            self.module = torch.jit.load(str(path), map_location="cpu")
+
+    def forward(self, images: torch.Tensor) -> dict:
         with torch.no_grad():
-            return [t.numpy() for t in module(torch.from_numpy(image))]
-    return run_ts
+            outs = self.module(images.detach().to("cpu", torch.float32))
+        return dict(zip(OUTPUTS, outs))
+
+
+def exported_network(path: Path, fmt: str, threads: int | None = None) -> torch.nn.Module:
+    """The exported file as an inference engine: called like the network (images -> dict of
+    ``semi``, ``desc``[, ``seg``]), so that :class:`models.frontend.Frontend` post-processes its
+    outputs like any other engine's. ONNX files run on ONNX Runtime's CPU provider."""
+    if fmt == "onnx":
+        return OnnxRuntimeNetwork(onnx_model=str(path), threads=threads)
+    return TorchScriptNetwork(path)
 
 
 def check_parity(model: torch.nn.Module, path: Path, fmt: str, names: tuple[str, ...],
                  sizes=CHECK_SIZES, seed: int = 0) -> dict:
     """Largest absolute difference per output between the file and PyTorch over ``sizes``."""
-    runner = exported_runner(path, fmt)
+    network = exported_network(path, fmt)
     g = torch.Generator().manual_seed(seed)
     worst = {n: 0.0 for n in names}
     for h, w in sizes:
         image = torch.rand(2, 1, h, w, generator=g)
         with torch.no_grad():
             ref = model(image)
-        got = runner(image.numpy())
-        for n, arr in zip(names, got):
-            if arr.shape != tuple(ref[n].shape):
-                raise RuntimeError(f"{path}: output {n} has shape {arr.shape} at {h}x{w}, "
+        got = network(image)
+        if tuple(got) != tuple(names):
+            raise RuntimeError(f"{path}: outputs {', '.join(got)}, expected {', '.join(names)}")
+        for n in names:
+            if got[n].shape != ref[n].shape:
+                raise RuntimeError(f"{path}: output {n} has shape {tuple(got[n].shape)} at {h}x{w}, "
                                    f"expected {tuple(ref[n].shape)}")
-            worst[n] = max(worst[n], float(np.abs(arr - ref[n].numpy()).max()))
+            worst[n] = max(worst[n], float(np.abs(got[n].numpy() - ref[n].numpy()).max()))
     return worst
 
 
@@ -108,19 +120,19 @@ def check_int8(model: torch.nn.Module, path: Path, names: tuple[str, ...], image
     cosine between the descriptors."""
     from models.int8 import load_calibration_image
 
-    runner = exported_runner(path, "onnx")
+    network = exported_network(path, "onnx")
     semi_diff, cosine = 0.0, 1.0
     for h, w in sizes:
-        image = load_calibration_image(image_file, (h, w))
+        image = torch.from_numpy(load_calibration_image(image_file, (h, w)))
         with torch.no_grad():
-            ref = model(torch.from_numpy(image))
-        got = dict(zip(names, runner(image)))
+            ref = model(image)
+        got = network(image)
         for n in names:
-            if got[n].shape != tuple(ref[n].shape):
-                raise RuntimeError(f"{path}: output {n} has shape {got[n].shape} at {h}x{w}, "
+            if got[n].shape != ref[n].shape:
+                raise RuntimeError(f"{path}: output {n} has shape {tuple(got[n].shape)} at {h}x{w}, "
                                    f"expected {tuple(ref[n].shape)}")
-        semi_diff = max(semi_diff, float(np.abs(got["semi"] - ref["semi"].numpy()).max()))
-        cosine = min(cosine, float((got["desc"] * ref["desc"].numpy()).sum(axis=1).mean()))
+        semi_diff = max(semi_diff, float(np.abs(got["semi"].numpy() - ref["semi"].numpy()).max()))
+        cosine = min(cosine, float((got["desc"].numpy() * ref["desc"].numpy()).sum(axis=1).mean()))
     return {"image": str(image_file), "sizes": [list(s) for s in sizes],
             "semi_max_abs_difference": semi_diff, "desc_mean_cosine": cosine}
 

@@ -14,6 +14,7 @@ and precision for the device from the config's ``inference:`` section (see
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,17 +24,24 @@ from utils.keypoints import Keypoints, extract_keypoints, sample_descriptors, se
 
 
 def keypoint_settings(model_config: dict) -> dict:
-    """The post-processing keyword arguments of :class:`Frontend` from a ``model:`` config section."""
-    sub = model_config.get("subpixel") or {}
-    top_k = model_config.get("top_k") or 0
+    """The post-processing keyword arguments of :class:`Frontend` from a ``model:`` config section
+    (merged over ``configs/defaults/model.yaml``, which holds every default)."""
+    top_k = int(model_config["top_k"])
     return {
         "detection_threshold": float(model_config["detection_threshold"]),
         "nms_radius": int(model_config["nms"]),
-        "border": int(model_config.get("remove_borders", 4)),
-        "top_k": int(top_k) if top_k else None,
-        "subpixel": bool(sub.get("enable", False)),
-        "patch_size": int(sub.get("patch_size", 5)),
+        "border": int(model_config["remove_borders"]),
+        "top_k": top_k if top_k > 0 else None,
+        "subpixel": bool(model_config["subpixel"]["enable"]),
+        "patch_size": int(model_config["subpixel"]["patch_size"]),
     }
+
+
+def is_channels_last(model) -> bool:
+    """Whether every 4-D parameter of an ``nn.Module`` is channels-last contiguous (False for
+    anything else, or a module without one)."""
+    weights = [p for p in model.parameters() if p.dim() == 4] if isinstance(model, torch.nn.Module) else []
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
 def keep_mask(raw: dict, drop_classes: list[int], size) -> torch.Tensor:
@@ -60,9 +68,12 @@ class FrontendOutput:
 class Frontend:
     """Wraps a SuperPoint network with the keypoint post-processing.
 
-    ``model`` is any module returning ``{"semi", "desc"[, "seg"]}`` (an ``nn.Module`` as is, or a
-    :class:`models.inference.FastSuperPoint`). ``autocast_dtype`` runs it under autocast;
-    ``channels_last`` converts the model and the images to the channels-last layout once.
+    ``model`` is any module returning ``{"semi", "desc"[, "seg"]}`` (an ``nn.Module`` as is, or an
+    engine: :class:`models.inference.FastSuperPoint`, :class:`models.onnx_runtime.OnnxRuntimeNetwork`,
+    an exported file's network). ``autocast_dtype`` runs it under autocast; ``channels_last`` runs
+    a channels-last copy of the model (the caller's module is never converted) on channels-last
+    images. The steps can be called on their own: :meth:`network`, :meth:`heatmap`,
+    :meth:`keypoints` (the one heatmap -> keypoints step of the project), :meth:`postprocess`.
     """
 
     def __init__(self, model: torch.nn.Module, detection_threshold: float = 0.015, nms_radius: int = 4,
@@ -70,7 +81,9 @@ class Frontend:
                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
                  drop_classes: list[int] | None = None):
         self.channels_last = channels_last
-        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        if channels_last and not is_channels_last(model):
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.model = model
         self.detection_threshold = detection_threshold
         self.nms_radius = nms_radius
         self.border = border
@@ -103,13 +116,26 @@ class Frontend:
         return self.model(images)
 
     @torch.no_grad()
-    def postprocess(self, raw: dict) -> FrontendOutput:
-        """Heatmap, keypoints and their descriptors from the network's raw outputs."""
+    def heatmap(self, raw: dict) -> torch.Tensor:
+        """``B x 1 x H x W`` float32 keypoint probabilities from the network's raw outputs (zero on
+        the ``drop_classes`` of its segmentation)."""
         heat = semi_to_heatmap(raw["semi"])
         if self.drop_classes:
             heat = heat * keep_mask(raw, self.drop_classes, heat.shape[-2:])
-        kp = extract_keypoints(heat, self.detection_threshold, self.nms_radius, self.border,
-                               self.top_k, self.subpixel, self.patch_size)
+        return heat
+
+    @torch.no_grad()
+    def keypoints(self, heat: torch.Tensor) -> Keypoints:
+        """Keypoints of a ``B x 1 x H x W`` heatmap (the network's, or an aggregated one such as
+        homographic adaptation's): threshold, NMS, border, top-k, subpixel as configured."""
+        return extract_keypoints(heat, self.detection_threshold, self.nms_radius, self.border,
+                                 self.top_k, self.subpixel, self.patch_size)
+
+    @torch.no_grad()
+    def postprocess(self, raw: dict) -> FrontendOutput:
+        """Heatmap, keypoints and their descriptors from the network's raw outputs."""
+        heat = self.heatmap(raw)
+        kp = self.keypoints(heat)
         desc = sample_descriptors(raw["desc"].float(), kp.points)
         return FrontendOutput(kp, desc, heat, raw)
 
@@ -167,20 +193,19 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     Reads ``inference.engine`` / ``precision`` / ``channels_last`` / ``strip_rows`` and the
     keypoint settings of ``model:``. The fast engine copies the weights into a
     :class:`models.inference.FastSuperPoint` (the same function, computed faster); the eager
-    engine runs ``model`` itself under autocast; the onnxruntime engine exports ``model`` to
+    engine runs the module under autocast; the onnxruntime engine exports ``model`` to
     ONNX in memory and runs it on ONNX Runtime's CPU provider, in fp32 whatever the precision,
     except ``int8``: the export quantized with the calibration of ``inference.int8``
     (:func:`models.int8.quantize_int8`, calibration cached); ``auto`` picks one
     (:func:`resolve_engine`). Post-processing is float32 in every case.
-    ``model`` itself is moved to ``device`` and put in eval mode (and, for the eager engine, to
-    channels-last).
+    ``model`` itself is never changed: the engines run an eval-mode copy on ``device``.
     """
     from models.inference import PRECISIONS, FastSuperPoint, resolve_inference_precision
 
     inf = config.get("inference") or {}
     device = device or resolve_device(config.get("device", "auto"))
     precision = resolve_inference_precision(inf.get("precision", "auto"), device, config.get("precision", "auto"))
-    model = model.to(device).eval()
+    model = copy.deepcopy(model).to(device).eval()
     engine = resolve_engine(inf.get("engine", "auto"), precision, device, model)
     settings = keypoint_settings(config["model"])
     if engine == "onnxruntime":
@@ -194,4 +219,7 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
         net = FastSuperPoint(model, precision, strip_rows=int(inf.get("strip_rows", 64)))
         return Frontend(net, **settings)
     amp = None if precision in ("fp32", "mixed") else PRECISIONS[precision][0]
-    return Frontend(model, **settings, autocast_dtype=amp, channels_last=bool(inf.get("channels_last", True)))
+    if bool(inf.get("channels_last", True)):
+        model = model.to(memory_format=torch.channels_last)  # the copy: Frontend need not copy it again
+        return Frontend(model, **settings, autocast_dtype=amp, channels_last=True)
+    return Frontend(model, **settings, autocast_dtype=amp)

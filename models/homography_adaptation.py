@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from models.inference import fold_batchnorm
 from utils.geometry import sample_homography
 from utils.keypoints import CELL, semi_to_heatmap
 
@@ -273,15 +274,50 @@ class _HeadsAsLeaves(torch.fx.Tracer):
         return module_qualified_name in self.LEAVES or super().is_leaf_module(m, module_qualified_name)
 
 
+def fold_graph_batchnorms(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Fold every batch norm of a traced network that reads a 2-D convolution's output (and is its
+    only reader) into that convolution, with :func:`models.inference.fold_batchnorm`; in place.
+
+    The folded convolution is a new module (a module called twice stays as it is for its other
+    call); the batch norm node is dropped from the graph and unused modules are deleted.
+    """
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), torch.nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and isinstance(modules.get(src.target), torch.nn.Conv2d)):
+            continue
+        bn, conv = modules[node.target], modules[src.target]
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # batch statistics even in eval mode: nothing to fold
+        weight, bias = fold_batchnorm(conv, bn)
+        folded = copy.deepcopy(conv)
+        folded.weight = torch.nn.Parameter(weight, requires_grad=False)
+        folded.bias = torch.nn.Parameter(bias, requires_grad=False)
+        name = f"{src.target.replace('.', '_')}_folded"
+        gm.add_submodule(name, folded)
+        modules[name] = folded
+        src.target = name
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
 def prepare_detector(model: torch.nn.Module, device: torch.device | str | None = None,
                      channels_last: bool = True, fuse: bool = True) -> torch.nn.Module:
     """An inference-only copy of a SuperPoint network for homographic adaptation.
 
-    The network is put in eval mode on ``device``; with ``fuse`` its graph is traced with
-    ``torch.fx``, cut down to the detector output (the descriptor and segmentation heads are never
-    computed) and batch norms are folded into the convolutions; with ``channels_last`` the weights
-    use the NHWC layout that oneDNN / cuDNN convolutions prefer. A model that cannot be traced is used
-    as is (a warning says so). The result returns ``{"semi": ...}`` like the network.
+    The copy is put in eval mode on ``device`` (``model`` itself is left as it is); with ``fuse``
+    its graph is traced with ``torch.fx``, cut down to the detector output (the descriptor and
+    segmentation heads are never computed) and batch norms are folded into the convolutions
+    (:func:`fold_graph_batchnorms`); with ``channels_last`` the weights use the NHWC layout that
+    oneDNN / cuDNN convolutions prefer. A model that cannot be traced is used as is (a warning
+    says so). The result returns ``{"semi": ...}`` like the network.
     """
     model = copy.deepcopy(model).eval()
     if device is not None:
@@ -289,8 +325,6 @@ def prepare_detector(model: torch.nn.Module, device: torch.device | str | None =
     prepared: torch.nn.Module = _SemiOnly(model)
     if fuse:
         try:
-            from torch.fx.experimental.optimization import fuse as fx_fuse
-
             # extra heads (the segmentation head reads tensor sizes, which fx cannot trace) stay
             # opaque leaves: the detector output never uses them, so they are cut with the dead code
             graph = _HeadsAsLeaves().trace(model)
@@ -303,7 +337,7 @@ def prepare_detector(model: torch.nn.Module, device: torch.device | str | None =
             gm.graph.eliminate_dead_code()
             gm.delete_all_unused_submodules()
             gm.recompile()
-            prepared = fx_fuse(gm, no_trace=True)
+            prepared = fold_graph_batchnorms(gm)
         except Exception as e:  # noqa: BLE001 - any tracing failure falls back to the plain network
             warnings.warn(f"homography adaptation: running {type(model).__name__} unfused "
                           f"({type(e).__name__}: {e})", stacklevel=2)

@@ -32,6 +32,7 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from models.superpoint import SuperPointNet
 from models.superpoint_bn import SuperPointNet_gauss2
@@ -41,13 +42,27 @@ HEADS = ("convPa", "convPb", "convDa", "convDb")
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``bn(conv(x))`` as one convolution (batch norm in eval mode)."""
+    """Float32 weight and bias of ``bn(conv(x))`` as one convolution (batch norm in eval mode).
+
+    The project's one batch-norm folding (the fast engine here, homographic adaptation's detector in
+    :func:`models.homography_adaptation.prepare_detector`). The arithmetic is torch's
+    ``torch.nn.utils.fusion.fuse_conv_bn_weights``: ``w * (gamma * rsqrt(var + eps))`` and
+    ``(b - mean) * rsqrt(var + eps) * gamma + beta``. With ``bn`` None the convolution's own weight
+    and bias (zeros when it has none). The tensors are fresh copies, detached from ``conv`` and ``bn``.
+    """
     w = conv.weight.detach().float()
-    b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0], device=w.device)
+    b = conv.bias.detach().float() if conv.bias is not None else None
     if bn is None:
-        return w, b
-    scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
-    return w * scale.view(-1, 1, 1, 1), (b - bn.running_mean.float()) * scale + bn.bias.detach().float()
+        return w.clone(), b.clone() if b is not None else torch.zeros(w.shape[0], device=w.device)
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_batchnorm: the batch norm keeps no running statistics (track_running_stats=False)")
+
+    def plain(t):
+        return None if t is None else t.detach().float()
+
+    w, b = fuse_conv_bn_weights(w, b, plain(bn.running_mean), plain(bn.running_var), bn.eps,
+                                plain(bn.weight), plain(bn.bias))
+    return w.detach(), b.detach()
 
 
 def folded_layers(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

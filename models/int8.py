@@ -203,8 +203,7 @@ def quantize_int8(model: torch.nn.Module, settings: Int8Settings) -> tuple[bytes
     from models.onnx_runtime import onnx_bytes, output_names
 
     files = calibration_files(settings)
-    model = model.eval()
-    cpu_model = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
+    cpu_model = _cpu_copy(model)  # eval mode on the CPU; ``model`` itself is left as it is
     weights = weights_digest(cpu_model)
     image_hashes = [file_digest(f) for f in files]
     key = calibration_key(weights, image_hashes, settings.size, settings.method)

@@ -29,11 +29,14 @@ class TupleOutputs(torch.nn.Module):
         return tuple(out[n] for n in self.names)
 
 
+OUTPUTS = ("semi", "desc", "seg")  # the order of an exported network's outputs (those it has)
+
+
 def output_names(model: torch.nn.Module) -> tuple[str, ...]:
     """``semi``, ``desc`` and, when the model has one, ``seg``."""
     with torch.no_grad():
         out = model(torch.zeros(1, 1, 16, 16, device=next(model.parameters()).device))
-    return tuple(n for n in ("semi", "desc", "seg") if n in out)
+    return tuple(n for n in OUTPUTS if n in out)
 
 
 def onnx_bytes(model: torch.nn.Module, names: tuple[str, ...], sample: torch.Tensor) -> bytes:
@@ -68,22 +71,26 @@ def cpu_session(model_bytes_or_path, threads: int | None = None):
 
 
 class OnnxRuntimeNetwork(torch.nn.Module):
-    """``model`` exported to ONNX and run by ONNX Runtime on the CPU, in float32 (or a given
-    ONNX model of it, such as the int8 one).
+    """A SuperPoint network run by ONNX Runtime on the CPU: ``model`` exported to ONNX in float32,
+    or a given ONNX model (bytes or a file: the int8 one of ``models.int8``, an ``export_model``
+    file).
 
     Called like the module: ``B x 1 x H x W`` float images -> ``{"semi", "desc"[, "seg"]}`` float32
-    CPU tensors. The export takes a few seconds, once, at construction. ``onnx_model``: run this
-    ONNX model of ``model`` instead of a fresh fp32 export (e.g. the int8 one of ``models.int8``).
+    CPU tensors (the ONNX model's outputs by name), so that :class:`models.frontend.Frontend`
+    post-processes it like any engine. The export of ``model`` takes a few seconds, once, at
+    construction, from an eval-mode CPU copy (``model`` itself is left as it is).
     """
 
-    def __init__(self, model: torch.nn.Module, threads: int | None = None, onnx_model: bytes | None = None):
+    def __init__(self, model: torch.nn.Module | None = None, threads: int | None = None,
+                 onnx_model: bytes | str | None = None):
         super().__init__()
-        model = model.eval()
-        self.names = output_names(model)
         if onnx_model is None:
-            cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-            onnx_model = onnx_bytes(cpu_model, self.names, torch.rand(1, 1, 64, 80))
-        self.session = cpu_session(onnx_model, threads)
+            if model is None:
+                raise ValueError("OnnxRuntimeNetwork: give a model or an ONNX model")
+            cpu_model = copy.deepcopy(model).cpu().eval()
+            onnx_model = onnx_bytes(cpu_model, output_names(cpu_model), torch.rand(1, 1, 64, 80))
+        self.session = cpu_session(str(onnx_model) if not isinstance(onnx_model, bytes) else onnx_model, threads)
+        self.names = tuple(o.name for o in self.session.get_outputs())
 
     def forward(self, images: torch.Tensor) -> dict:
         image = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())

@@ -206,3 +206,26 @@ def test_prepare_detector_fuses_a_network_with_a_segmentation_head():
     images = torch.rand(2, 1, 32, 40)
     with torch.no_grad():
         torch.testing.assert_close(fast(images)["semi"], model(images)["semi"], atol=1e-5, rtol=1e-4)
+
+
+def test_prepare_detector_folds_with_the_one_folding_bit_for_bit():
+    """prepare_detector's folded convolutions are models.inference.fold_batchnorm's, which are
+    torch's fuse_conv_bn_eval's bit for bit (what the labels were made with before: same bytes)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from models.inference import fold_batchnorm
+
+    torch.manual_seed(1)
+    model = build_model({"name": "SuperPointNet_gauss2", "params": {"descriptor_dim": 16}}).eval()
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+    torch_fused = fuse_conv_bn_eval(model.convPa, model.bnPa)
+    w, b = fold_batchnorm(model.convPa, model.bnPa)
+    assert torch.equal(w, torch_fused.weight) and torch.equal(b, torch_fused.bias)
+    fast = prepare_detector(model, channels_last=False)
+    folded = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == w.shape[0]
+              and m.in_channels == w.shape[1] and torch.equal(m.weight, w)]
+    assert len(folded) == 1 and torch.equal(folded[0].bias, b)

@@ -120,7 +120,7 @@ def test_resume_skips_done_images_and_counts_unreadable_ones(tmp_path, weights, 
     pred = exper_path() / "ha" / "predictions" / "train"
 
     # interrupted after the first image: one complete file, nothing half-written
-    real = exporter.extract_keypoints
+    real = exporter.homography_adaptation
     calls = {"n": 0}
 
     def interrupt_second(*a, **k):
@@ -129,10 +129,10 @@ def test_resume_skips_done_images_and_counts_unreadable_ones(tmp_path, weights, 
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(exporter, "extract_keypoints", interrupt_second)
+    monkeypatch.setattr(exporter, "homography_adaptation", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         exporter.export(config, exper_path() / "ha")
-    monkeypatch.setattr(exporter, "extract_keypoints", real)
+    monkeypatch.setattr(exporter, "homography_adaptation", real)
     assert sorted(outputs(pred)) == ["a/x.npz"]
     first = np.load(pred / "a" / "x.npz")["pts"].copy()
 

@@ -4,15 +4,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.frontend import Frontend, inference_frontend
+from models.frontend import Frontend, _onnxruntime_available, inference_frontend, is_channels_last
 from models.inference import FastSuperPoint, folded_layers, resolve_inference_precision
 from models.stand_in import seeded_stand_in
 from models.superpoint import SuperPointNet
 from models.superpoint_bn import SuperPointNet_gauss2
-from utils.config import ConfigError
+from utils.config import ConfigError, load_defaults
 from utils.io import read_image_gray
 
 KP = dict(detection_threshold=0.015, nms_radius=4, border=4)
+MODEL_DEFAULTS = load_defaults()["model"]  # threshold 0.015, NMS 4, border 4, like KP; every key a config holds
 
 
 def _gauss2_with_running_stats(seed=0):
@@ -81,7 +82,7 @@ def test_fast_engine_keeps_fp32_keypoints_on_a_real_photo(shared_data, precision
     model = seeded_stand_in(SuperPointNet(), seed=0)
     image = _photo(shared_data, (240, 320))
     want = Frontend(model, **KP)(image).keypoints.to_list()[0][:, :2]
-    fe = inference_frontend(model, {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4},
+    fe = inference_frontend(model, {"model": {**MODEL_DEFAULTS},
                                     "inference": {"engine": "fast", "precision": precision}}, torch.device("cpu"))
     assert isinstance(fe.model, FastSuperPoint)
     got = fe(image).keypoints.to_list()[0][:, :2]
@@ -118,7 +119,7 @@ def test_training_auto_precision_follows_the_cpu(monkeypatch):
 
 
 def test_inference_frontend_engines():
-    cfg = {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4, "top_k": 30},
+    cfg = {"model": {**MODEL_DEFAULTS, "top_k": 30},
            "inference": {"engine": "eager", "precision": "fp32", "channels_last": True}}
     model = seeded_stand_in(SuperPointNet())
     image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0))
@@ -155,7 +156,7 @@ def test_auto_engine_is_the_exact_fastest_per_precision(monkeypatch):
     import models.frontend as frontend
     from models.onnx_runtime import OnnxRuntimeNetwork
 
-    cfg = {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4, "top_k": 40}}
+    cfg = {"model": {**MODEL_DEFAULTS, "top_k": 40}}
     model = seeded_stand_in(SuperPointNet_gauss2(), seed=2)
     image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(3))
     want = Frontend(model, **KP, top_k=40)(image)
@@ -204,7 +205,7 @@ def test_stand_in_weights_are_seeded_and_detector_like():
 
 
 def test_onnxruntime_engine_gives_the_fp32_keypoints():
-    cfg = {"model": {"detection_threshold": 0.015, "nms": 4, "remove_borders": 4},
+    cfg = {"model": {**MODEL_DEFAULTS},
            "inference": {"engine": "onnxruntime", "precision": "auto"}}
     model = seeded_stand_in(SuperPointNet_gauss2(), seed=3)
     image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(1))
@@ -216,3 +217,46 @@ def test_onnxruntime_engine_gives_the_fp32_keypoints():
     for a, b in zip(got.keypoints.to_list(), want.keypoints.to_list()):
         assert len(a) == len(b) and _agreement(a[:, :2], b[:, :2]) == 1.0
     assert not model.training  # the export must not leave the model in training mode
+
+
+def _model_state(model: nn.Module) -> dict:
+    """What a front end must leave alone: training flags, and every tensor's values, dtype,
+    device and layout (strides: a channels-last conversion changes them)."""
+    return {"training": [m.training for m in model.modules()],
+            "tensors": {k: (v.detach().clone(), v.dtype, v.device, v.stride())
+                        for k, v in model.state_dict(keep_vars=True).items()},
+            "parameters": [id(p) for p in model.parameters()]}
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    assert after["training"] == before["training"]
+    assert after["parameters"] == before["parameters"]
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for k, (value, dtype, device, stride) in before["tensors"].items():
+        v2, dt2, dev2, st2 = after["tensors"][k]
+        assert (dt2, dev2, st2) == (dtype, device, stride), k
+        assert torch.equal(v2, value), k
+
+
+ENGINES_HERE = ["eager", "fast"] + (["onnxruntime"] if _onnxruntime_available() else [])
+
+
+@pytest.mark.parametrize("engine", ["Frontend channels_last"] + ENGINES_HERE)
+def test_front_ends_never_change_the_callers_model(engine):
+    """Frontend (channels-last) and inference_frontend (every engine) work on copies: the caller's
+    model keeps its training flags, parameters, memory format, device and state dict, even after
+    the front end has run (a training-mode forward would move batch-norm statistics)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and engine != "onnxruntime" else "cpu")
+    model = _gauss2_with_running_stats(seed=4).train()  # training mode: an .eval() would show
+    model.bnPa.eval()  # mixed flags: a blanket .train() / .eval() would show too
+    before = _model_state(model)
+    image = torch.rand(1, 1, 32, 48, generator=torch.Generator().manual_seed(0))
+    if engine == "Frontend channels_last":
+        fe = Frontend(model, **KP, channels_last=True)
+        assert fe.model is not model and is_channels_last(fe.model)
+    else:
+        cfg = {"model": {**MODEL_DEFAULTS}, "device": str(device),
+               "inference": {"engine": engine, "precision": "fp32", "channels_last": True}}
+        fe = inference_frontend(model, cfg, device)
+    fe(image)
+    _assert_same_state(before, _model_state(model))

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.model_export import exported_runner, run
+from exporters.model_export import exported_network, run
 from models import build_model
+from models.frontend import Frontend
 from models.stand_in import seeded_stand_in
 from settings import exper_path
 from utils.cli import UserError
@@ -36,20 +37,27 @@ def test_exported_model_matches_pytorch_at_two_sizes(tmp_path, fmt, filename, na
     assert run(config, exper_path() / "deploy", argparse.Namespace(format=fmt)) == 0
     path = exper_path() / "deploy" / filename
     assert path.is_file() and "wrote" in capsys.readouterr().out
-    runner = exported_runner(path, fmt)
+    network = exported_network(path, fmt)
     g = torch.Generator().manual_seed(0)
     for h, w in SIZES:
         image = torch.rand(2, 1, h, w, generator=g)
         with torch.no_grad():
             want = model(image)
-        semi, desc, *seg = runner(image.numpy())
+        got = network(image)
+        assert list(got) == list(want)  # semi, desc[, seg], by name
+        semi, desc = got["semi"].numpy(), got["desc"].numpy()
         assert semi.shape == (2, 65, h // 8, w // 8) and desc.shape == (2, 256, h // 8, w // 8)
         assert np.abs(semi - want["semi"].numpy()).max() <= 1e-4
         assert np.abs(desc - want["desc"].numpy()).max() <= 1e-4
-        assert len(seg) == int("seg" in want)
-        if seg:  # full resolution at every input size (the traced size must not stick)
-            assert seg[0].shape == (2, 5, h, w)
-            assert np.abs(seg[0] - want["seg"].numpy()).max() <= 1e-4
+        if "seg" in want:  # full resolution at every input size (the traced size must not stick)
+            assert got["seg"].shape == (2, 5, h, w)
+            assert np.abs(got["seg"].numpy() - want["seg"].numpy()).max() <= 1e-4
+    # an engine behind the front end: the same keypoints as the PyTorch network's
+    image = torch.rand(1, 1, 96, 128, generator=g)
+    exported, eager = Frontend(network)(image), Frontend(model)(image)
+    assert torch.equal(exported.keypoints.mask, eager.keypoints.mask)
+    assert torch.allclose(exported.keypoints.points, eager.keypoints.points)
+    assert torch.allclose(exported.descriptors, eager.descriptors, atol=1e-4)
 
 
 def test_export_errors_are_one_line(tmp_path):

@@ -13,9 +13,9 @@ from datasets import get_dataset
 from datasets.augmentation import Randomness
 from datasets.pairs import prepare_batch
 from evaluations.detection_pr import DetectionAccumulator
+from models.frontend import Frontend
 from training.losses import detector_loss
 from utils.draw import GREEN, RED, draw_keypoints
-from utils.keypoints import extract_keypoints, semi_to_heatmap
 
 # detections down to this score enter the precision-recall curve (mAP)
 MAP_MIN_SCORE = 1e-4
@@ -35,6 +35,21 @@ def keypoint_overlay(image: torch.Tensor, gt: np.ndarray, pred: np.ndarray) -> n
     gray = image.float().clamp(0, 1).cpu().numpy()
     with_gt = draw_keypoints(gray, gt, RED, radius=2.0, thickness=-1)
     return draw_keypoints(with_gt, pred, GREEN, radius=1.0, thickness=-1)
+
+
+def detect_keypoints(model, images: torch.Tensor, model_cfg: dict, min_score: float):
+    """:class:`utils.keypoints.Keypoints` of ``images`` down to ``min_score`` (the detector
+    validation's): the front end's post-processing with ``model_cfg``'s ``nms`` and
+    ``remove_borders``; every detection is kept (no top-k) at its pixel (no subpixel refinement),
+    since the precision-recall curve needs them all."""
+    frontend = detection_frontend(model, model_cfg, min_score)
+    return frontend.keypoints(frontend.heatmap(frontend.network(images)))
+
+
+def detection_frontend(model, model_cfg: dict, min_score: float) -> Frontend:
+    """The front end of :func:`detect_keypoints` (``model`` may be None to post-process only)."""
+    return Frontend(model, detection_threshold=float(min_score), nms_radius=int(model_cfg["nms"]),
+                    border=int(model_cfg["remove_borders"]), top_k=None, subpixel=False)
 
 
 class DetectorTask:
@@ -93,13 +108,13 @@ class DetectorTask:
         return loss, logs
 
     def detect(self, model, images: torch.Tensor, min_score: float):
-        return self.detections_of(model(images)["semi"], min_score)
+        return detect_keypoints(model, images, self.model_cfg, min_score)
 
     def detections_of(self, semi: torch.Tensor, min_score: float):
-        """Keypoints scoring at least ``min_score`` from the network's cell logits ``semi``."""
-        heat = semi_to_heatmap(semi)
-        return extract_keypoints(heat, min_score, int(self.model_cfg["nms"]),
-                                 int(self.model_cfg.get("remove_borders", 0)))
+        """Keypoints scoring at least ``min_score`` from the network's cell logits ``semi`` (for a
+        caller that already ran the network)."""
+        frontend = detection_frontend(None, self.model_cfg, min_score)
+        return frontend.keypoints(frontend.heatmap({"semi": semi}))
 
     def validate(self, model, batches, device: torch.device) -> dict:
         acc = DetectionAccumulator(distance=2.0)
