@@ -6,8 +6,8 @@ through :class:`models.frontend.Frontend` (threshold, NMS, border removal, top-k
 the ``model:`` section) and one ``predictions/<i>.npz`` is written (format:
 :mod:`exporters.predictions`). Weights come from the top-level ``pretrained`` key.
 
-Precision: exports run in fp32 unless ``precision`` is set to ``bf16`` or ``fp16`` explicitly
-(``auto`` means fp32 here, so that keypoint selection does not depend on the machine).
+Precision: ``inference.precision`` (auto = fp32, so that keypoint selection does not depend on the
+machine); the top-level ``precision`` is training's and is not read here.
 """
 from __future__ import annotations
 
@@ -36,17 +36,13 @@ from utils.segmentation_labels import class_ids
 def build_frontend(config: dict) -> Frontend:
     """The network with its weights on the configured device, wrapped in the post-processing.
 
-    The network runs on the deployment engine (``inference.engine``, see docs/DEPLOYMENT.md). Its
-    precision is fp32 unless ``inference.precision`` or ``precision`` asks for another, so that
-    exported keypoints do not depend on the machine.
+    The network runs on the deployment engine (``inference.engine``, see docs/DEPLOYMENT.md) in
+    ``inference.precision`` (auto = fp32, so that exported keypoints do not depend on the machine).
     """
     weights = resolve_pretrained(config)
     device = resolve_device(config.get("device", "auto"))
     model = load_pretrained(config["model"], weights, strict=True, weights_only=bool(config.get("weights_only", True)))
-    inference = dict(config.get("inference") or {})
-    if inference.get("precision", "auto") == "auto" and config.get("precision", "auto") == "auto":
-        inference["precision"] = "fp32"
-    frontend = inference_frontend(model, {**config, "inference": inference}, device)
+    frontend = inference_frontend(model, config, device)
     frontend.drop_classes = dropped_classes(config)
     return frontend
 

@@ -27,6 +27,7 @@ With ``--outputImg`` the image with its points drawn goes to
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -43,9 +44,9 @@ from models import load_pretrained
 from models.frontend import Frontend, keypoint_settings
 from models.homography_adaptation import homography_adaptation, prepare_detector
 from training.checkpoints import resolve_pretrained
-from utils.cli import UserError, autocast_dtype, resolve_device
+from utils.cli import UserError, resolve_device
 from utils.draw import draw_keypoints, save_rgb
-from utils.io import ImageReadError
+from utils.io import ImageReadError, atomic_write_text
 
 SPLITS = ("train", "val")
 
@@ -121,6 +122,39 @@ def load_detector(config: dict, device: torch.device) -> torch.nn.Module:
     return prepare_detector(model, device)
 
 
+LABEL_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_RECORD = "labels_precision.json"  # beside predictions/: what the labels were computed in
+
+
+def label_precision(config: dict, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """The precision labels are computed in: ``inference.precision`` (auto = fp32, so that a config
+    gives the same labels on every machine; bf16 / fp16 autocast are opt-in, faster and inexact).
+    The top-level ``precision`` is training's and is not read here."""
+    from models.inference import resolve_inference_precision
+
+    precision = resolve_inference_precision(config["inference"]["precision"], device)
+    if precision not in LABEL_PRECISIONS:
+        raise UserError(f"inference.precision: {precision} is not available for homography adaptation "
+                        f"(expected auto, {', '.join(LABEL_PRECISIONS)})")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("inference.precision: fp16 runs on CUDA only (use fp32 or bf16 on the CPU)")
+    return precision, LABEL_PRECISIONS[precision]
+
+
+def record_precision(export_dir: Path, split: str, precision: str) -> None:
+    """Write (or check, when resuming) ``labels_precision.json``: ``{split: precision}``. Labels of
+    one split are never mixed from two precisions."""
+    path = Path(export_dir) / PRECISION_RECORD
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if record.get(split, precision) != precision:
+        raise UserError(f"{path}: the {split} labels so far were computed in {record[split]}, this run would "
+                        f"use {precision}; set inference.precision: {record[split]} or export to a new folder")
+    if record.get(split) != precision:
+        record[split] = precision
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
 def _init_process_group(world: int) -> bool:
     """Join the torchrun group (gloo: only used to add up the counts); False when not launched so."""
     import torch.distributed as dist
@@ -167,7 +201,9 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
     device = resolve_device(config.get("device", "auto"))
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    amp = autocast_dtype(config.get("precision", "auto"), device)
+    precision, amp = label_precision(config, device)
+    if rank == 0:
+        record_precision(out_dir, split, precision)
     detector = load_detector(config, device)
     # the front end's post-processing, applied to the aggregated heatmap
     frontend = Frontend(detector, **keypoint_settings(config["model"]))

@@ -202,24 +202,24 @@ def inference_frontend(model: torch.nn.Module, config: dict, device: torch.devic
     """
     from models.inference import PRECISIONS, FastSuperPoint, resolve_inference_precision
 
-    inf = config.get("inference") or {}
-    device = device or resolve_device(config.get("device", "auto"))
-    precision = resolve_inference_precision(inf.get("precision", "auto"), device, config.get("precision", "auto"))
+    inf = config["inference"]
+    device = device or resolve_device(config["device"])
+    precision = resolve_inference_precision(inf["precision"], device)
     model = copy.deepcopy(model).to(device).eval()
-    engine = resolve_engine(inf.get("engine", "auto"), precision, device, model)
+    engine = resolve_engine(inf["engine"], precision, device, model)
     settings = keypoint_settings(config["model"])
     if engine == "onnxruntime":
         from models.onnx_runtime import OnnxRuntimeNetwork
         onnx_model = None
         if precision == "int8":
             from models.int8 import int8_settings, quantize_int8
-            onnx_model, _ = quantize_int8(model, int8_settings(inf.get("int8")))
+            onnx_model, _ = quantize_int8(model, int8_settings(inf["int8"]))
         return Frontend(OnnxRuntimeNetwork(model, onnx_model=onnx_model), **settings)
     if engine == "fast":
-        net = FastSuperPoint(model, precision, strip_rows=int(inf.get("strip_rows", 64)))
+        net = FastSuperPoint(model, precision, strip_rows=int(inf["strip_rows"]))
         return Frontend(net, **settings)
     amp = None if precision in ("fp32", "mixed") else PRECISIONS[precision][0]
-    if bool(inf.get("channels_last", True)):
+    if bool(inf["channels_last"]):
         model = model.to(memory_format=torch.channels_last)  # the copy: Frontend need not copy it again
         return Frontend(model, **settings, autocast_dtype=amp, channels_last=True)
     return Frontend(model, **settings, autocast_dtype=amp)

@@ -249,7 +249,7 @@ def layer_dtypes(precision: str | tuple) -> dict[str, torch.dtype]:
     return out
 
 
-def resolve_inference_precision(precision: str, device: torch.device, training_precision: str = "auto") -> str:
+def resolve_inference_precision(precision: str, device: torch.device) -> str:
     """The precision name (a key of :data:`PRECISIONS`) to run inference with on ``device``.
 
     ``auto`` is fp32 on every device: it is the one choice that leaves HPatches results
@@ -257,14 +257,11 @@ def resolve_inference_precision(precision: str, device: torch.device, training_p
     ``fp16`` (GPUs) are faster, but move keypoints and matches enough to change homography
     accuracy on the embedded HPatches-style set by 0.02-0.12, so they are opt-in; so is ``int8``
     (CPU only: ONNX Runtime on a statically quantized export, :mod:`models.int8`; not a
-    :data:`PRECISIONS` entry of the fast engine). An explicit top-level ``precision``
-    (``training_precision`` other than auto) is honoured by ``auto``, so that a config pinned to
-    fp32 stays fp32 everywhere.
+    :data:`PRECISIONS` entry of the fast engine). Inference reads only ``inference.precision``;
+    the top-level ``precision`` is training's.
     """
     from utils.config import ConfigError
 
-    if precision == "auto" and training_precision not in (None, "", "auto"):
-        precision = {"float32": "fp32"}.get(training_precision, training_precision)
     if precision == "auto":
         return "fp32"
     if precision == "int8":

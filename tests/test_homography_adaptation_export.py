@@ -36,7 +36,7 @@ def weights(tmp_path):
 def small(weights, **over):
     """Overrides that make an export config tiny: 3 views of 32x48 images, fp32 on the CPU."""
     base = {"pretrained": str(weights), "data.preprocessing.resize": "[32,48]", "data.homography_adaptation.num": 3,
-            "data.homography_adaptation.batch_size": 2, "num_workers": 0, "precision": "fp32", "device": "cpu",
+            "data.homography_adaptation.batch_size": 2, "num_workers": 0, "device": "cpu",
             "model.top_k": 50}
     base.update(over)
     return [f"{k}={v}" for k, v in base.items()]
@@ -171,3 +171,33 @@ def test_torchrun_shards_equal_the_single_process_export(tmp_path, weights):
     for k in one:
         a, b = np.load(one[k]), np.load(two[k])
         assert np.array_equal(a["pts"], b["pts"]) and np.array_equal(a["image_size"], b["image_size"])
+
+
+def test_labels_precision_is_inference_precision_recorded_and_never_mixed(tmp_path, weights):
+    """Labels run in inference.precision (auto = fp32 whatever the training precision says), the
+    export records it, a resumed export in another precision is refused, and bf16 labels are
+    really computed in bf16 (they differ from the fp32 ones)."""
+    import json
+
+    from utils.cli import UserError
+
+    root = folder_tree(tmp_path / "imgs")
+    # the training precision says bf16: the labels stay fp32
+    config = export_config("image_folder", weights, **{"data.root": str(root), "precision": "bf16"})
+    out = exper_path() / "ha_prec"
+    exporter.export(config, out)
+    assert json.loads((out / exporter.PRECISION_RECORD).read_text()) == {"train": "fp32"}
+    fp32 = {k: np.load(v)["pts"] for k, v in outputs(out / "predictions").items()}
+
+    bf16_cfg = export_config("image_folder", weights, **{"data.root": str(root), "inference.precision": "bf16"})
+    with pytest.raises(UserError, match="computed in fp32, this run would use bf16"):
+        exporter.export(bf16_cfg, out)
+    out2 = exper_path() / "ha_prec_bf16"
+    exporter.export(bf16_cfg, out2)
+    assert json.loads((out2 / exporter.PRECISION_RECORD).read_text()) == {"train": "bf16"}
+    bf16 = {k: np.load(v)["pts"] for k, v in outputs(out2 / "predictions").items()}
+    assert bf16.keys() == fp32.keys()
+    assert any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(fp32.values(), bf16.values()))
+    with pytest.raises(UserError, match="inference.precision: mixed is not available for homography adaptation"):
+        exporter.export(export_config("image_folder", weights, **{"data.root": str(root),
+                                                                  "inference.precision": "mixed"}), out2)

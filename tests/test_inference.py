@@ -16,6 +16,14 @@ KP = dict(detection_threshold=0.015, nms_radius=4, border=4)
 MODEL_DEFAULTS = load_defaults()["model"]  # threshold 0.015, NMS 4, border 4, like KP; every key a config holds
 
 
+def frontend_with_defaults(model, config: dict, device=None):
+    """``inference_frontend`` on ``config`` merged over the documented defaults, as every loaded
+    config is (the front end reads the keys the defaults declare, with no fallbacks)."""
+    from utils.config import load_defaults, merge_strict
+
+    return inference_frontend(model, merge_strict(load_defaults(), config, "test"), device)
+
+
 def _gauss2_with_running_stats(seed=0):
     """SuperPointNet_gauss2 whose batch norms are far from identity (folding must matter)."""
     torch.manual_seed(seed)
@@ -82,7 +90,7 @@ def test_fast_engine_keeps_fp32_keypoints_on_a_real_photo(shared_data, precision
     model = seeded_stand_in(SuperPointNet(), seed=0)
     image = _photo(shared_data, (240, 320))
     want = Frontend(model, **KP)(image).keypoints.to_list()[0][:, :2]
-    fe = inference_frontend(model, {"model": {**MODEL_DEFAULTS},
+    fe = frontend_with_defaults(model, {"model": {**MODEL_DEFAULTS},
                                     "inference": {"engine": "fast", "precision": precision}}, torch.device("cpu"))
     assert isinstance(fe.model, FastSuperPoint)
     got = fe(image).keypoints.to_list()[0][:, :2]
@@ -98,8 +106,7 @@ def test_auto_precision_per_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_inference_precision("auto", cpu) == "fp32"  # mixed / bf16 change HPatches results
     assert resolve_inference_precision("auto", cuda) == "fp32"  # so does fp16
-    assert resolve_inference_precision("auto", cpu, training_precision="fp32") == "fp32"  # pinned config
-    assert resolve_inference_precision("bf16", cpu, training_precision="fp32") == "bf16"  # explicit wins
+    assert resolve_inference_precision("bf16", cpu) == "bf16"  # opt-in
     with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
         resolve_inference_precision("fp16", cpu)
     with pytest.raises(ConfigError, match="inference.precision: unknown value 'half'"):
@@ -123,10 +130,10 @@ def test_inference_frontend_engines():
            "inference": {"engine": "eager", "precision": "fp32", "channels_last": True}}
     model = seeded_stand_in(SuperPointNet())
     image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0))
-    eager = inference_frontend(model, cfg, torch.device("cpu"))
+    eager = frontend_with_defaults(model, cfg, torch.device("cpu"))
     assert not isinstance(eager.model, FastSuperPoint) and eager.channels_last
     cfg["inference"]["engine"] = "fast"
-    fast = inference_frontend(model, cfg, torch.device("cpu"))
+    fast = frontend_with_defaults(model, cfg, torch.device("cpu"))
     assert isinstance(fast.model, FastSuperPoint)
     a, b = eager(image), fast(image)
     assert a.keypoints.points.shape[1] == 30
@@ -141,13 +148,13 @@ def test_inference_frontend_engines():
 
         def forward(self, x):
             return self.net(x)
-    assert not isinstance(inference_frontend(Other(), cfg, torch.device("cpu")).model, FastSuperPoint)
+    assert not isinstance(frontend_with_defaults(Other(), cfg, torch.device("cpu")).model, FastSuperPoint)
     cfg["inference"]["engine"] = "auto"
-    other = inference_frontend(Other(), cfg, torch.device("cpu"))
+    other = frontend_with_defaults(Other(), cfg, torch.device("cpu"))
     assert isinstance(other.model, Other) and torch.equal(other(image).keypoints.points, a.keypoints.points)
     cfg["inference"]["engine"] = "turbo"
     with pytest.raises(ConfigError, match="inference.engine"):
-        inference_frontend(model, cfg, torch.device("cpu"))
+        frontend_with_defaults(model, cfg, torch.device("cpu"))
 
 
 def test_auto_engine_is_the_exact_fastest_per_precision(monkeypatch):
@@ -160,17 +167,17 @@ def test_auto_engine_is_the_exact_fastest_per_precision(monkeypatch):
     model = seeded_stand_in(SuperPointNet_gauss2(), seed=2)
     image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(3))
     want = Frontend(model, **KP, top_k=40)(image)
-    fe = inference_frontend(model, cfg, torch.device("cpu"))  # no inference section: every default
+    fe = frontend_with_defaults(model, cfg, torch.device("cpu"))  # no inference section: every default
     assert isinstance(fe.model, OnnxRuntimeNetwork)
     got = fe(image)
     assert torch.equal(got.keypoints.mask, want.keypoints.mask)
     assert torch.allclose(got.keypoints.points, want.keypoints.points)
     assert torch.allclose(got.descriptors, want.descriptors, atol=1e-5)
 
-    mixed = inference_frontend(model, {**cfg, "inference": {"precision": "mixed"}}, torch.device("cpu"))
+    mixed = frontend_with_defaults(model, {**cfg, "inference": {"precision": "mixed"}}, torch.device("cpu"))
     assert isinstance(mixed.model, FastSuperPoint) and mixed.model.dtypes[0] == torch.bfloat16
     monkeypatch.setattr(frontend, "_onnxruntime_available", lambda: False)
-    fast = inference_frontend(model, cfg, torch.device("cpu"))
+    fast = frontend_with_defaults(model, cfg, torch.device("cpu"))
     assert isinstance(fast.model, FastSuperPoint) and set(fast.model.dtypes) == {torch.float32}
     assert torch.allclose(fast(image).keypoints.points, want.keypoints.points)
     assert frontend.resolve_engine("auto", "fp16", torch.device("cuda"), model) == "fast"
@@ -209,7 +216,7 @@ def test_onnxruntime_engine_gives_the_fp32_keypoints():
            "inference": {"engine": "onnxruntime", "precision": "auto"}}
     model = seeded_stand_in(SuperPointNet_gauss2(), seed=3)
     image = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(1))
-    ort = inference_frontend(model, cfg, torch.device("cpu"))
+    ort = frontend_with_defaults(model, cfg, torch.device("cpu"))
     want = Frontend(model, **KP)(image)
     got = ort(image)
     assert got.raw["semi"].shape == (2, 65, 8, 12)
@@ -257,6 +264,6 @@ def test_front_ends_never_change_the_callers_model(engine):
     else:
         cfg = {"model": {**MODEL_DEFAULTS}, "device": str(device),
                "inference": {"engine": engine, "precision": "fp32", "channels_last": True}}
-        fe = inference_frontend(model, cfg, device)
+        fe = frontend_with_defaults(model, cfg, device)
     fe(image)
     _assert_same_state(before, _model_state(model))

@@ -24,6 +24,14 @@ KP = dict(detection_threshold=0.015, nms_radius=4, border=4)
 DEMO = "configs/magicpoint_repeatability_embedded.yaml"  # the shipped demo SuperPoint (trained weights)
 
 
+def frontend_with_defaults(model, config: dict, device=None):
+    """``inference_frontend`` on ``config`` merged over the documented defaults, as every loaded
+    config is (the front end reads the keys the defaults declare, with no fallbacks)."""
+    from utils.config import load_defaults, merge_strict
+
+    return inference_frontend(model, merge_strict(load_defaults(), config, "test"), device)
+
+
 def _demo_model():
     model = build_model({"name": "SuperPointNet_gauss2", "params": {}})
     load_weights(model, "pretrained/superpoint_photos.pth")
@@ -125,7 +133,7 @@ def test_int8_keypoints_agree_with_fp32_on_a_real_photo(shared_data, tmp_path):
                                 f"inference.int8.cache_dir={tmp_path / 'cache'}", "inference.precision=int8"])
     config["model"]["subpixel"]["enable"] = False
     model = _demo_model()
-    fe = inference_frontend(model, config, torch.device("cpu"))
+    fe = frontend_with_defaults(model, config, torch.device("cpu"))
     assert isinstance(fe.model, OnnxRuntimeNetwork)
     photo = shared_data / "photos" / "phototourism" / "london_bridge_49190386_5209386933.jpg"
     image = resize_gray(np.ascontiguousarray(center_crop_to_aspect(read_image_gray(photo), (240, 320))), (240, 320))
@@ -172,5 +180,5 @@ def test_int8_errors_are_one_line(shared_data, tmp_path, capsys):
                    f"error: inference.int8.calibration: {tmp_path / 'empty'}: no images found (expected files ending "
                    f"in {', '.join(int8.IMAGE_SUFFIXES)})"]
     with pytest.raises(ConfigError, match="set inference.int8.calibration"):
-        inference_frontend(model, {**config, "inference": {**config["inference"], "precision": "int8"}},
+        frontend_with_defaults(model, {**config, "inference": {**config["inference"], "precision": "int8"}},
                            torch.device("cpu"))
