@@ -496,7 +496,8 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
     from datasets.hpatches import HPatches
     from evaluations.hpatches_report import evaluate_folder
     from evaluations.protocols import load_settings
-    from exporters.predictions import base_record, keypoint_fields, save_prediction
+    from exporters.descriptors import detect, pair_record
+    from exporters.predictions import save_prediction
     from utils.config import load_config
 
     config = load_config(Path(__file__).resolve().parent.parent / "configs/magicpoint_repeatability_embedded.yaml",
@@ -513,14 +514,9 @@ def hpatches_comparison(paths, workdir: Path, size=(240, 320), top_k: int = 1000
         try:
             for i in tqdm(range(len(pairs)), desc=f"{label}: {path.name}", leave=False):
                 item = pairs[i]
-                record = base_record(item, i)
-                for prefix, key in (("", "image"), ("warped_", "warped_image")):
-                    raw = path.network(item[key][0].numpy())
-                    out = path.postprocess(raw)
-                    m = out.keypoints.mask[0]
-                    record.update(keypoint_fields(out.keypoints.points[0][m], out.keypoints.scores[0][m],
-                                                  out.descriptors[0][m], prefix=prefix))
-                save_prediction(folder, i, record)
+                # one image per forward, as timed; the records are export_descriptor's
+                (first,), (second,) = (detect(fe, [item[key]], False) for key in ("image", "warped_image"))
+                save_prediction(folder, i, pair_record(item, i, first, second))
         finally:
             fe.top_k = old_top_k
         res = evaluate_folder(folder, settings, progress=False)["metrics"]

@@ -89,6 +89,22 @@ def detect(frontend: Frontend, images: list[torch.Tensor], with_seg: bool) -> li
     return results
 
 
+def pair_record(item: dict, index: int, first: dict, second: dict, label_set: str | None = None) -> dict:
+    """The prediction record of one pair from :func:`detect`'s results for its two images (with
+    the segmentation maps when ``label_set`` is given)."""
+    record = base_record(item, index)
+    record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
+    record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
+    if label_set is not None:
+        record["seg"], record["warped_seg"] = first["seg"], second["seg"]
+        record["seg_label_set"] = np.str_(label_set)  # evaluation maps cs34 to cs4 with it
+        # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
+        for key in ("seg", "warped_seg"):
+            if key in item:
+                record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
+    return record
+
+
 def run(config: dict, export_dir: Path, args) -> int:
     """``export_descriptor``: every pair of a homography dataset (HPatches); returns 0.
 
@@ -116,16 +132,7 @@ def export(config: dict, export_dir: Path, args, geometry: str) -> int:
         pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
         for index, item in tqdm(pairs, total=total, desc=task, unit="pair"):
             first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
-            record = base_record(item, index)
-            record.update(keypoint_fields(first["points"], first["scores"], first["desc"]))
-            record.update(keypoint_fields(second["points"], second["scores"], second["desc"], prefix="warped_"))
-            if with_seg:
-                record["seg"], record["warped_seg"] = first["seg"], second["seg"]
-                record["seg_label_set"] = np.str_(label_set)  # evaluation maps cs34 to cs4 with it
-                # ground truth, when the dataset has it, for evaluation.py --evaluate-segmentation
-                for key in ("seg", "warped_seg"):
-                    if key in item:
-                        record[f"{key}_gt"] = item[key].cpu().numpy().astype(np.int32)
+            record = pair_record(item, index, first, second, label_set if with_seg else None)
             out.save(index, record)
             out.preview(index, record)
         predictions_dir = out.commit(total)
