@@ -87,7 +87,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from evaluations.hpatches_report import ransac_order_accuracy  # noqa: E402
-from models import build_model, load_weights  # noqa: E402
+from models import build_network, load_weights  # noqa: E402
 from models.frontend import Frontend  # noqa: E402
 from models.inference import PRECISIONS, FastSuperPoint, layer_dtypes  # noqa: E402
 from models.stand_in import seeded_stand_in  # noqa: E402
@@ -648,7 +648,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    model = build_model({"name": args.model, "params": {}})
+    model = build_network(args.model)
     if args.weights:
         load_weights(model, args.weights)
     else:

@@ -12,7 +12,7 @@ import torch
 
 import models.int8 as int8
 from exporters.model_export import run
-from models import build_model, load_weights
+from models import build_network, load_weights
 from models.frontend import Frontend, inference_frontend, resolve_engine
 from models.inference import resolve_inference_precision
 from models.onnx_runtime import OnnxRuntimeNetwork
@@ -38,7 +38,7 @@ def int8_section(**over) -> dict:
 
 
 def _demo_model():
-    model = build_model({"name": "SuperPointNet_gauss2", "params": {}})
+    model = build_network("SuperPointNet_gauss2")
     load_weights(model, "pretrained/superpoint_photos.pth")
     return model.eval()
 
