@@ -110,14 +110,14 @@ def time_export(n_pairs: int, root_hint: str | None = None) -> tuple[int, float]
     import torch
 
     from exporters.descriptors import run as export_descriptor
-    from models import build_model
+    from models import build_network
     from utils.config import load_config
 
     work = Path(root_hint) if root_hint else Path(tempfile.mkdtemp(prefix="export_speed_"))
     torch.manual_seed(0)
     weights = work / "superpoint_random.pth"
     work.mkdir(parents=True, exist_ok=True)
-    torch.save(build_model({"name": "SuperPointNet"}).state_dict(), weights)
+    torch.save(build_network("SuperPointNet").state_dict(), weights)
     config = load_config("configs/magicpoint_repeatability_embedded.yaml",
                          [f"pretrained={weights}", "model.name=SuperPointNet", f"eval_iter={n_pairs}"])
     args = _argparse.Namespace(outputImg=False, export_segmentation=False)

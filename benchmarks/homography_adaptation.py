@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import build_model, load_weights  # noqa: E402
+from models import build_network, load_weights  # noqa: E402
 from models.frontend import Frontend, keypoint_settings  # noqa: E402
 from models.homography_adaptation import homography_adaptation, prepare_detector, sample_adaptation_homographies  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     ha = dict(config["data"]["homography_adaptation"], num=args.num)
     size = tuple(args.size)
     torch.manual_seed(0)
-    model = build_model({"name": "SuperPointNet_gauss2"})
+    model = build_network("SuperPointNet_gauss2")
     if args.weights:
         load_weights(model, args.weights)
     model.eval()

@@ -87,11 +87,12 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from evaluations.hpatches_report import ransac_order_accuracy  # noqa: E402
-from models import build_model, load_weights  # noqa: E402
+from models import build_network, load_weights  # noqa: E402
 from models.frontend import Frontend  # noqa: E402
 from models.inference import PRECISIONS, FastSuperPoint, layer_dtypes  # noqa: E402
 from models.stand_in import seeded_stand_in  # noqa: E402
 from utils.cli import cpu_supports_bf16  # noqa: E402
+from utils.config import load_defaults  # noqa: E402
 from utils.io import atomic_write_text, read_image_gray  # noqa: E402
 from utils.keypoints import pixels_to_descriptor_grid  # noqa: E402
 
@@ -234,9 +235,10 @@ def int8_paths(model, threads: int, workdir: Path, calibration: Path, exclude: l
     from models.onnx_runtime import OnnxRuntimeNetwork
 
     kp = dict(detection_threshold=THRESHOLD, nms_radius=NMS_RADIUS, border=BORDER)
+    int8_defaults = load_defaults()["inference"]["int8"]  # size, count: the documented defaults
     paths = []
     for label, layers, *method in variants:
-        section = {"int8_layers": list(layers), "cache_dir": str(workdir / "int8_cache")}
+        section = {**int8_defaults, "int8_layers": list(layers), "cache_dir": str(workdir / "int8_cache")}
         if method and method[0]:
             section["method"] = method[0]
         settings = int8_settings(section, calibration)
@@ -642,7 +644,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    model = build_model({"name": args.model, "params": {}})
+    model = build_network(args.model)
     if args.weights:
         load_weights(model, args.weights)
     else:

@@ -54,8 +54,8 @@ def machine() -> str:
 def test_split_config(config: dict) -> dict:
     """``config`` with only the test split generated (the same test images, see the module doc)."""
     data = dict(config["data"])
-    gen = dict(data.get("generation") or {})
-    gen["split_sizes"] = {**dict(gen.get("split_sizes") or {}), "training": 0, "validation": 0}
+    gen = dict(data["generation"])
+    gen["split_sizes"] = {**gen["split_sizes"], "training": 0, "validation": 0}
     return {**config, "data": {**data, "generation": gen}}
 
 

@@ -1,6 +1,7 @@
 """Datasets: files -> tensors. They know nothing of models or losses.
 
-Every dataset class takes ``(config, split)`` -- the whole resolved config and one of
+Every dataset class takes ``(config, split)`` -- the whole resolved config (merged over the
+defaults: datasets read the keys they need without fallback values) and one of
 ``train`` / ``val`` / ``test`` -- and its items are dicts of CPU tensors:
 
 * ``image``      ``1 x H x W`` float32 gray in [0, 1] (already resized to the config's size)
@@ -48,7 +49,8 @@ def dataset_class(name: str):
 
 
 def get_dataset(config: dict, split: str, pairs: bool = False):
-    """The dataset named by ``config['data']['dataset']`` for ``split`` (train | val | test).
+    """The dataset named by ``config['data']['dataset']`` for ``split`` (train | val | test);
+    ``config`` is a merged config (``utils.config.load_config``).
 
     ``pairs=True`` (descriptor exports): a single-image dataset with ``data.warped_pair.enable``
     gives items with a reproducible ``warped_image`` and ``homography`` (``datasets.pairs``). In
@@ -58,9 +60,8 @@ def get_dataset(config: dict, split: str, pairs: bool = False):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     cls = dataset_class(config["data"]["dataset"])
     dataset = cls(config, split)
-    pair = config["data"].get("warped_pair") or {}
-    if pairs and pair.get("enable", False) and not getattr(cls, "provides_pairs", False):
+    if pairs and config["data"]["warped_pair"]["enable"] and not getattr(cls, "provides_pairs", False):
         from datasets.pairs import PairedDataset
 
-        dataset = PairedDataset(dataset, config["data"], seed=int(config.get("seed", 0)))
+        dataset = PairedDataset(dataset, config["data"], seed=int(config["seed"]))
     return dataset

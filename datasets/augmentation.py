@@ -211,7 +211,8 @@ def photometric_augmentation(img: torch.Tensor, config: dict, rng: Randomness) -
     """Apply the configured photometric primitives in a random order.
 
     Args:
-        img: ``B x 1 x H x W`` in [0, 1]. config: ``data.augmentation.photometric``.
+        img: ``B x 1 x H x W`` in [0, 1]. config: ``data.augmentation.photometric`` of a merged
+            config (every primitive's ``params`` present).
     """
     names = list(config["primitives"])
     unknown = [n for n in names if n not in PHOTOMETRIC]
@@ -219,11 +220,11 @@ def photometric_augmentation(img: torch.Tensor, config: dict, rng: Randomness) -
         raise ValueError(f"data.augmentation.photometric.primitives: unknown {unknown} "
                          f"(expected some of {', '.join(PHOTOMETRIC)})")
     order = rng.permutation(len(names))  # one order for the whole batch
-    params = config.get("params") or {}
+    params = config["params"]
     out = img.float()
     for i in order:
         name = names[i]
-        out = PHOTOMETRIC[name](out, rng, **(params.get(name) or {}))
+        out = PHOTOMETRIC[name](out, rng, **params[name])
     return out
 
 

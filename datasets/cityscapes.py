@@ -22,7 +22,7 @@ LABEL_SUFFIX = "_gtFine_labelIds.png"
 class Cityscapes(SegmentationDataset):
     def __init__(self, config: dict, split: str):
         super().__init__(config, split)
-        root = config["data"].get("root")
+        root = config["data"]["root"]
         self.root = Path(root).expanduser() if root else data_path() / "Cityscapes"
         image_dir = self.root / "leftImg8bit" / split
         if not image_dir.is_dir():

@@ -15,7 +15,7 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "val"}
 
 
 def coco_root(data_config: dict) -> Path:
-    root = data_config.get("root")
+    root = data_config["root"]
     return Path(root).expanduser() if root else data_path() / "COCO"
 
 

@@ -42,7 +42,7 @@ class CocoPanoptic(SegmentationDataset):
     def __init__(self, config: dict, split: str):
         super().__init__(config, split)
         data = config["data"]
-        root = data.get("root")
+        root = data["root"]
         self.root = Path(root).expanduser() if root else data_path() / "COCO"
         s = SPLIT_FOLDERS[split]
         image_dir = self.root / f"{s}2017"
@@ -54,11 +54,11 @@ class CocoPanoptic(SegmentationDataset):
             raise FileNotFoundError(f"{image_dir}: no .jpg images")
 
         self.mode = None  # None (images only) | "panoptic" | "cs34"
-        if data.get("use_cs34_masks", False) and not data.get("load_panoptic", False):
+        if data["use_cs34_masks"] and not data["load_panoptic"]:
             raise ValueError("data.use_cs34_masks: true needs data.load_panoptic: true as well")
-        if data.get("load_panoptic", False):
+        if data["load_panoptic"]:
             ann = self.root / "annotations"
-            if data.get("use_cs34_masks", False):
+            if data["use_cs34_masks"]:
                 self.mode = "cs34"
                 self.mask_dir = _first_existing([self.root / f"panoptic_cs34_{s}2017", ann / f"panoptic_cs34_{s}2017"],
                                                 "cs34 mask folder (data.use_cs34_masks)", is_dir=True)

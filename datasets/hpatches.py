@@ -165,17 +165,17 @@ class HPatches(Dataset):
     provides_pairs = True  # items are pairs already (see datasets.get_dataset)
 
     def __init__(self, config: dict, split: str = "test"):
-        data = config.get("data", {})
-        self.root = resolve_root(data.get("root"))
-        prep = data.get("preprocessing") or {}
-        resize = prep.get("resize")
+        data = config["data"]
+        self.root = resolve_root(data["root"])
+        prep = data["preprocessing"]
+        resize = prep["resize"]
         if resize is not None:
             if not (isinstance(resize, (list, tuple)) and len(resize) == 2 and all(int(v) > 0 for v in resize)):
                 raise ValueError(f"data.preprocessing.resize: expected [H, W] or null, got {resize!r}")
             resize = (int(resize[0]), int(resize[1]))
         self.resize = resize
-        self.aspect_crop = bool(prep.get("aspect_crop", True))
-        self.alteration = data.get("alteration", "all")
+        self.aspect_crop = bool(prep["aspect_crop"])
+        self.alteration = data["alteration"]
         self.pairs = list_pairs(self.root, self.alteration)
         # read every homography now, so that a bad file fails before any work is done
         self.homographies = [read_homography_file(p["homography_path"]) for p in self.pairs]

@@ -66,7 +66,7 @@ def _split_selection(root: Path, split_file: Path, images: list[Path]) -> list[P
 class ImageFolder(ImageList):
     def __init__(self, config: dict, split: str):
         data = config["data"]
-        if not data.get("root"):
+        if not data["root"]:
             raise ValueError("data.root: the image folder to use is not set (e.g. --set data.root=/path/to/images)")
         root = Path(data["root"]).expanduser()
         if not root.is_dir():
@@ -75,7 +75,7 @@ class ImageFolder(ImageList):
         if not images:
             raise FileNotFoundError(f"{root}: no image files found (looked for .jpg .png .ppm .pgm .bmp .tif .webp)")
         names = item_names(root, images)
-        if data.get("root_split_txt"):
+        if data["root_split_txt"]:
             split_file = Path(data["root_split_txt"]).expanduser() / f"{split}.txt"
             if not split_file.is_file():
                 raise FileNotFoundError(f"{split_file}: split file not found (data.root_split_txt)")

@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tif
 
 def resize_setting(data_config: dict) -> tuple[int, int] | None:
     """``data.preprocessing.resize`` as ``(H, W)``, or None (keep each file's size)."""
-    size = (data_config.get("preprocessing") or {}).get("resize")
+    size = data_config["preprocessing"]["resize"]
     if size is None:
         return None
     if (not isinstance(size, (list, tuple)) or len(size) != 2
@@ -62,7 +62,7 @@ class ImageList(Dataset):
             raise ValueError(f"{what}: item names are not unique")
         self.size = resize_setting(data)
         self.label_split = label_split
-        self.labels_dir = keypoint_labels_dir(data.get("labels"))
+        self.labels_dir = keypoint_labels_dir(data["labels"])
         if self.labels_dir is not None:
             keep = [i for i, n in enumerate(names) if label_path(self.labels_dir, label_split, n).is_file()]
             if not keep:

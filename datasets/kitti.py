@@ -32,7 +32,7 @@ RAW_DRIVE_RE = re.compile(r"^(?P<date>\d{4}_\d{2}_\d{2})_drive_(?P<drive>\d{4})_
 
 
 def kitti_root(data_config: dict) -> Path:
-    root = data_config.get("root")
+    root = data_config["root"]
     return Path(root).expanduser() if root else data_path() / "KITTI"
 
 
@@ -81,7 +81,7 @@ class Kitti(ImageList):
         root = kitti_root(data)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: KITTI folder not found (data.root or DATA_PATH/KITTI)")
-        split_dir = Path(data["root_split_txt"]).expanduser() if data.get("root_split_txt") else root
+        split_dir = Path(data["root_split_txt"]).expanduser() if data["root_split_txt"] else root
         s = SPLIT_FILES[split]
         split_file = split_dir / f"{s}.txt"
         if split_file.is_file():
@@ -90,7 +90,7 @@ class Kitti(ImageList):
             if not names:
                 raise ValueError(f"{split_file}: lists no sequences")
             sequences = [(n, sequence_folder(root, n)) for n in names]
-        elif data.get("root_split_txt"):
+        elif data["root_split_txt"]:
             raise FileNotFoundError(f"{split_file}: KITTI split file not found (data.root_split_txt)")
         else:
             sequences = discover_sequences(root)

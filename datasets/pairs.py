@@ -11,21 +11,20 @@ import torch
 from datasets.augmentation import Randomness, photometric_augmentation, random_warp
 from utils.geometry import inside_image, sample_homography, warp_image, warp_points, warped_valid_mask
 from utils.keypoints import gaussian_label_map, keypoints_to_map
-from utils.segmentation_labels import IGNORE_INDEX
 
 
 def _enabled(section: dict, training: bool) -> bool:
-    if not section.get("enable", False):
+    if not section["enable"]:
         return False
-    return bool(section.get("enable_train", True) if training else section.get("enable_val", False))
+    return bool(section["enable_train"] if training else section["enable_val"])
 
 
 def _labels(points, mask, size, data_cfg) -> dict:
     label_map = keypoints_to_map(points, size, mask)
     out = {"label_map": label_map}
-    g = data_cfg.get("gaussian_label") or {}
-    if g.get("enable", False):
-        out["label_heat"] = gaussian_label_map(label_map, float(g.get("sigma", 0.2)))
+    g = data_cfg["gaussian_label"]
+    if g["enable"]:
+        out["label_heat"] = gaussian_label_map(label_map, float(g["sigma"]))
     return out
 
 
@@ -41,7 +40,7 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
     Args:
         batch: collated items (``image`` B x 1 x H x W, optional ``keypoints``/``keypoint_mask``,
             optional ``seg`` B x H x W).
-        data_cfg: the ``data`` config section.
+        data_cfg: the ``data`` section of a merged config (every key present).
         training: use the ``enable_train`` switches (else ``enable_val``).
         photometric: force photometric augmentation on/off (None = from the config).
     Returns:
@@ -60,14 +59,14 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
     pts, kmask = pts.to(device), kmask.to(device)
     seg = batch.get("seg")
     seg = seg.to(device) if seg is not None else None
-    ignore_index = int(((data_cfg.get("segmentation") or {}).get("ignore_index", IGNORE_INDEX)))
+    ignore_index = int(data_cfg["segmentation"]["ignore_index"])
     valid = torch.ones(B, 1, H, W, device=device)
 
-    aug = (data_cfg.get("augmentation") or {})
-    hom = aug.get("homographic") or {}
+    aug = data_cfg["augmentation"]
+    hom = aug["homographic"]
     if _enabled(hom, training):
         image, pts, valid, Hs = random_warp(image, pts, valid, hom["params"],
-                                            int(hom.get("valid_border_margin", 0)), rng)
+                                            int(hom["valid_border_margin"]), rng)
         if seg is not None:
             seg = _warp_seg(seg, Hs, size, valid, ignore_index)
 
@@ -78,11 +77,11 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
     if seg is not None:
         out["seg"] = seg
 
-    pair = data_cfg.get("warped_pair") or {}
-    if pair.get("enable", False):
+    pair = data_cfg["warped_pair"]
+    if pair["enable"]:
         Hp = rng.homographies(B, size, pair["params"]).to(device)
         warped = warp_image(image, Hp, size)
-        wvalid = warped_valid_mask(Hp, size, size, border=int(pair.get("valid_border_margin", 0)))
+        wvalid = warped_valid_mask(Hp, size, size, border=int(pair["valid_border_margin"]))
         if not bool((valid > 0.5).all()):
             wvalid = wvalid * (warp_image(valid, Hp, size, mode="nearest") > 0.5).float()
         wpts = warp_points(pts.double(), Hp.double()).float() if pts.shape[1] else pts
@@ -94,7 +93,7 @@ def prepare_batch(batch: dict, data_cfg: dict, training: bool, rng: Randomness,
         if seg is not None:
             out["warped_seg"] = _warp_seg(seg, Hp, size, wvalid, ignore_index)
 
-    photo = aug.get("photometric") or {}
+    photo = aug["photometric"]
     use_photo = _enabled(photo, training) if photometric is None else photometric
     if use_photo:
         out["image"] = photometric_augmentation(out["image"], photo, rng)
@@ -115,7 +114,7 @@ class PairedDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, data_cfg: dict, seed: int = 0):
         self.dataset = dataset
         self.pair_cfg = data_cfg["warped_pair"]
-        self.ignore_index = int((data_cfg.get("segmentation") or {}).get("ignore_index", IGNORE_INDEX))
+        self.ignore_index = int(data_cfg["segmentation"]["ignore_index"])
         self.seed = int(seed)
 
     def __len__(self) -> int:

@@ -197,19 +197,19 @@ class PosePairs(Dataset):
     provides_pairs = True
 
     def __init__(self, config: dict, split: str = "test"):
-        data = config.get("data", {})
-        if not data.get("pairs"):
+        data = config["data"]
+        if not data["pairs"]:
             raise ValueError("data.pairs: the pose_pairs dataset needs a pair list (SuperGlue text file, "
                              "LoFTR test.npz or megadepth_test_1500.txt)")
-        fmt = data.get("pairs_format", "superglue")
+        fmt = data["pairs_format"]
         if fmt not in FORMATS:
             raise ValueError(f"data.pairs_format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-        if data.get("root") in (None, ""):
+        if data["root"] in (None, ""):
             raise ValueError("data.root: the pose_pairs dataset needs the folder the pair list's images are in")
         self.root = _resolve(data["root"], "data.root")
         self.pairs_path = _resolve(data["pairs"], "data.pairs")
-        prep = data.get("preprocessing") or {}
-        self.resize, self.resize_max = prep.get("resize"), prep.get("resize_max")
+        prep = data["preprocessing"]
+        self.resize, self.resize_max = prep["resize"], prep["resize_max"]
         if self.resize is not None and self.resize_max is not None:
             raise ValueError("data.preprocessing: set resize or resize_max, not both")
         if self.resize is not None and not (isinstance(self.resize, (list, tuple)) and len(self.resize) == 2

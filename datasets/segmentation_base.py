@@ -11,12 +11,12 @@ from torch.utils.data import Dataset
 
 from datasets.keypoint_labels import keypoint_labels_dir, load_keypoint_labels
 from utils.io import ImageReadError, read_image_gray
-from utils.segmentation_labels import IGNORE_INDEX, cs34_lut
+from utils.segmentation_labels import cs34_lut
 
 
 def resize_setting(data_config: dict) -> tuple[int, int] | None:
     """``data.preprocessing.resize`` as ``(H, W)``, or None (keep the file's size)."""
-    size = (data_config.get("preprocessing") or {}).get("resize")
+    size = data_config["preprocessing"]["resize"]
     if size is None:
         return None
     if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
@@ -64,13 +64,13 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, config: dict, split: str):
         data = config["data"]
-        seg = data.get("segmentation") or {}
+        seg = data["segmentation"]
         self.split = split
         self.size = resize_setting(data)
-        self.label_set = seg.get("label_set", "cs34")
-        self.ignore_index = int(seg.get("ignore_index", IGNORE_INDEX))
-        self.lut = cs34_lut(self.label_set, self.ignore_index, bool(seg.get("ignore_void", True)))
-        self.labels_dir = keypoint_labels_dir(data.get("labels"))
+        self.label_set = seg["label_set"]
+        self.ignore_index = int(seg["ignore_index"])
+        self.lut = cs34_lut(self.label_set, self.ignore_index, bool(seg["ignore_void"]))
+        self.labels_dir = keypoint_labels_dir(data["labels"])
         self.image_paths: list[Path] = []
         self.names: list[str] = []
 

@@ -65,36 +65,37 @@ def _size_pair(value, key: str, allow_none: bool = False):
 
 
 def generation_settings(config: Mapping) -> dict:
-    """Everything that determines the generated pixels, validated, in a JSON-friendly dict."""
+    """Everything that determines the generated pixels, validated, in a JSON-friendly dict
+    (``config``: a merged config, every key present)."""
     data = config["data"]
     gen = data["generation"]
-    pre = data.get("preprocessing") or {}
-    sizes = dict(gen.get("split_sizes") or {})
+    pre = data["preprocessing"]
+    sizes = dict(gen["split_sizes"])
     unknown = sorted(set(sizes) - set(SPLITS))
     if unknown:
         raise ValueError(f"data.generation.split_sizes: unknown split(s) {', '.join(unknown)} "
                          f"(expected {', '.join(SPLITS)})")
     split_sizes = {}
     for s in SPLITS:
-        n = sizes.get(s, 0)
+        n = sizes[s]
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"data.generation.split_sizes.{s}: expected an integer >= 0, got {n!r}")
         split_sizes[s] = n
-    seed = gen.get("random_seed", 0)
+    seed = gen["random_seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"data.generation.random_seed: expected an integer >= 0, got {seed!r}")
-    blur = pre.get("blur_size", 0)
+    blur = pre["blur_size"]
     if not isinstance(blur, int) or isinstance(blur, bool) or blur < 0 or (blur > 1 and blur % 2 == 0):
         raise ValueError(f"data.preprocessing.blur_size: expected 0 (no blur) or an odd integer, got {blur!r}")
     return {
         "version": GENERATOR_VERSION,
         "primitives": PRIMITIVES,
-        "image_size": _size_pair(gen.get("image_size"), "data.generation.image_size"),
+        "image_size": _size_pair(gen["image_size"], "data.generation.image_size"),
         "random_seed": seed,
         "split_sizes": split_sizes,
-        "params": shapes_primitives.resolve_params(gen.get("params")),
+        "params": shapes_primitives.resolve_params(gen["params"]),
         "blur_size": blur,
-        "resize": _size_pair(pre.get("resize"), "data.preprocessing.resize", allow_none=True),
+        "resize": _size_pair(pre["resize"], "data.preprocessing.resize", allow_none=True),
     }
 
 
@@ -110,8 +111,8 @@ def dataset_dir(config: Mapping) -> Path:
     change of any of them gives a new folder. ``data.generation.num_workers`` is not part of it.
     """
     data = config["data"]
-    base = Path(data["root"]).expanduser() if data.get("root") else settings.data_path() / "synthetic_shapes"
-    suffix = data.get("suffix") or "shapes"
+    base = Path(data["root"]).expanduser() if data["root"] else settings.data_path() / "synthetic_shapes"
+    suffix = data["suffix"] or "shapes"
     return base / f"{suffix}_{_full_hash(generation_settings(config))[:8]}"
 
 
@@ -303,8 +304,8 @@ def ensure_generated(config: Mapping, primitives: Iterable[str] | None = None, p
     """
     gen_settings = generation_settings(config)
     full_hash = _full_hash(gen_settings)
-    names = parse_primitives(config["data"].get("primitives", "all") if primitives is None else list(primitives))
-    workers = _num_workers(config["data"]["generation"].get("num_workers", 0))
+    names = parse_primitives(config["data"]["primitives"] if primitives is None else list(primitives))
+    workers = _num_workers(config["data"]["generation"]["num_workers"])
     root = dataset_dir(config)
     root.mkdir(parents=True, exist_ok=True)
 
@@ -388,8 +389,8 @@ class SyntheticShapes(Dataset):
         if split not in SPLIT_NAMES:
             raise ValueError(f"split must be train, val or test, got {split!r}")
         data = config["data"]
-        self.primitives = parse_primitives(data.get("primitives", "all"))
-        truncate = parse_truncate(data.get("truncate"))
+        self.primitives = parse_primitives(data["primitives"])
+        truncate = parse_truncate(data["truncate"])
         self.split = SPLIT_NAMES[split]
         self.root = ensure_generated(config, self.primitives)
         count = generation_settings(config)["split_sizes"][self.split]
@@ -398,7 +399,7 @@ class SyntheticShapes(Dataset):
         self.items = [items[k] for k in order]
         self._images: list[np.ndarray] | None = None
         self._points: list[np.ndarray] | None = None
-        if data.get("cache_in_memory"):
+        if data["cache_in_memory"]:
             self._images, self._points = [], []
             for p, i in tqdm(self.items, desc=f"caching Synthetic Shapes {self.split}", unit="img"):
                 img, pts = self._load(p, i)

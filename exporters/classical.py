@@ -41,30 +41,31 @@ class ClassicalFeatures:
 
     ``points`` N x 2 float32 (x, y), ``scores`` N float32 (responses), ``desc`` N x D float32 as
     stored, ``raw`` the descriptors in OpenCV's own type (for matching). Sorted by response.
+    ``cfg`` is the ``classical`` section of a merged config (configs/defaults/classical.yaml).
     """
 
     def __init__(self, cfg: dict):
-        method = cfg.get("method", "sift")
+        method = cfg["method"]
         if method not in METHODS:
             raise UserError(f"classical.method: expected one of {', '.join(METHODS)}, got {method!r}")
         self.method = method
-        self.top_k = int(cfg.get("top_k", 0) or 0)
-        self.normalize = bool(cfg.get("normalize", True))
+        self.top_k = int(cfg["top_k"])
+        self.normalize = bool(cfg["normalize"])
         if method == "sift":
-            p = cfg.get("sift", {})
+            p = cfg["sift"]
             self.detector = cv2.SIFT_create(nfeatures=max(self.top_k, 0),
-                                            nOctaveLayers=int(p.get("n_octave_layers", 3)),
-                                            contrastThreshold=float(p.get("contrast_threshold", 0.04)),
-                                            edgeThreshold=float(p.get("edge_threshold", 10.0)),
-                                            sigma=float(p.get("sigma", 1.6)))
+                                            nOctaveLayers=int(p["n_octave_layers"]),
+                                            contrastThreshold=float(p["contrast_threshold"]),
+                                            edgeThreshold=float(p["edge_threshold"]),
+                                            sigma=float(p["sigma"]))
             self.metric = "l2"
         else:
-            p = cfg.get("orb", {})
+            p = cfg["orb"]
             self.detector = cv2.ORB_create(nfeatures=self.top_k if self.top_k > 0 else ALL_KEYPOINTS,
-                                           scaleFactor=float(p.get("scale_factor", 1.2)),
-                                           nlevels=int(p.get("n_levels", 8)),
-                                           edgeThreshold=int(p.get("edge_threshold", 31)),
-                                           fastThreshold=int(p.get("fast_threshold", 20)))
+                                           scaleFactor=float(p["scale_factor"]),
+                                           nlevels=int(p["n_levels"]),
+                                           edgeThreshold=int(p["edge_threshold"]),
+                                           fastThreshold=int(p["fast_threshold"]))
             self.metric = "hamming"
 
     def __call__(self, image: np.ndarray):
@@ -130,8 +131,8 @@ def export(config: dict, export_dir: Path, args, geometry: str) -> int:
     task = "export_classical" if geometry == "homography" else "export_classical export_pairs"
     with StagedExport(export_dir, f"{task} ({features.method})", config, images=output_images,
                       model=features.method) as out:
-        total = count_pairs(dataset, config.get("eval_iter", -1))
-        pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+        total = count_pairs(dataset, config["eval_iter"])
+        pairs = iterate_pairs(dataset, config["eval_iter"], config["num_workers"])
         for index, item in tqdm(pairs, total=total, desc=f"export {features.method}", unit="pair"):
             p0, s0, d0, raw0 = features(to_uint8(item["image"]))
             p1, s1, d1, raw1 = features(to_uint8(item["warped_image"]))

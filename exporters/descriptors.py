@@ -35,13 +35,14 @@ from utils.segmentation_labels import class_ids
 
 def build_frontend(config: dict) -> Frontend:
     """The network with its weights on the configured device, wrapped in the post-processing.
+    ``config`` is a merged config (``utils.config.load_config``).
 
     The network runs on the deployment engine (``inference.engine``, see docs/DEPLOYMENT.md) in
     ``inference.precision`` (auto = fp32, so that exported keypoints do not depend on the machine).
     """
     weights = resolve_pretrained(config)
-    device = resolve_device(config.get("device", "auto"))
-    model = load_pretrained(config["model"], weights, strict=True, weights_only=bool(config.get("weights_only", True)))
+    device = resolve_device(config["device"])
+    model = load_pretrained(config["model"], weights, strict=True, weights_only=bool(config["weights_only"]))
     frontend = inference_frontend(model, config, device)
     frontend.drop_classes = dropped_classes(config)
     return frontend
@@ -49,15 +50,14 @@ def build_frontend(config: dict) -> Frontend:
 
 def dropped_classes(config: dict) -> list[int]:
     """Ids of ``model.segmentation_head.drop_keypoints_on`` (names or ids of the label set)."""
-    seg = config["model"].get("segmentation_head") or {}
-    wanted = seg.get("drop_keypoints_on") or []
+    seg = config["model"]["segmentation_head"]
+    wanted = seg["drop_keypoints_on"]
     if not wanted:
         return []
-    if not seg.get("enable", False):
+    if not seg["enable"]:
         raise UserError("model.segmentation_head.drop_keypoints_on needs a segmentation head "
                         "(model.segmentation_head.enable: true)")
-    label_set = (config["data"].get("segmentation") or {}).get("label_set", "cs34")
-    return class_ids(label_set, wanted)
+    return class_ids(config["data"]["segmentation"]["label_set"], wanted)
 
 
 def segmentation_ids(seg_logits: torch.Tensor, size) -> torch.Tensor:
@@ -122,14 +122,14 @@ def export(config: dict, export_dir: Path, args, geometry: str) -> int:
     """Both images of every pair through the network -> ``predictions/<i>.npz``."""
     output_images = bool(getattr(args, "outputImg", False))
     with_seg = bool(getattr(args, "export_segmentation", False))
-    label_set = (config["data"].get("segmentation") or {}).get("label_set", "cs34")
+    label_set = config["data"]["segmentation"]["label_set"]
     frontend = build_frontend(config)
     dataset = pair_dataset(config, geometry)
     task = "export_descriptor" if geometry == "homography" else "export_pairs"
     with StagedExport(export_dir, task, config, images=output_images,
                       model=config["model"]["name"], weights=resolve_pretrained(config, task)) as out:
-        total = count_pairs(dataset, config.get("eval_iter", -1))
-        pairs = iterate_pairs(dataset, config.get("eval_iter", -1), config.get("num_workers", 0))
+        total = count_pairs(dataset, config["eval_iter"])
+        pairs = iterate_pairs(dataset, config["eval_iter"], config["num_workers"])
         for index, item in tqdm(pairs, total=total, desc=task, unit="pair"):
             first, second = detect(frontend, [item["image"], item["warped_image"]], with_seg)
             record = pair_record(item, index, first, second, label_set if with_seg else None)

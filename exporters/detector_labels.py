@@ -118,7 +118,7 @@ class _ReadOrReport(Dataset):
 def load_detector(config: dict, device: torch.device) -> torch.nn.Module:
     """The configured network with ``pretrained`` weights, prepared for fast inference."""
     path = resolve_pretrained(config, "export_detector_homoAdapt")
-    model = load_pretrained(config["model"], path, strict=True, weights_only=bool(config.get("weights_only", True)))
+    model = load_pretrained(config["model"], path, strict=True, weights_only=bool(config["weights_only"]))
     return prepare_detector(model, device)
 
 
@@ -167,9 +167,10 @@ def _init_process_group(world: int) -> bool:
 
 
 def export(config: dict, export_dir: Path, output_images: bool = False) -> ExportStats:
-    """Export this process's shard of the split into ``export_dir``; returns this process's counts."""
+    """Export this process's shard of the split into ``export_dir``; returns this process's counts.
+    ``config`` is a merged config (``utils.config.load_config``)."""
     data = config["data"]
-    split = data.get("export_folder")
+    split = data["export_folder"]
     if split not in SPLITS:
         raise UserError(f"data.export_folder: expected one of {', '.join(SPLITS)}, got {split!r}")
     rank, world = shard()
@@ -182,7 +183,7 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
     names = getattr(dataset, "names", None)
     if names is None:
         raise UserError(f"data.dataset {data['dataset']!r} cannot be exported (its items have no name list)")
-    n_items = len(names) if int(config.get("eval_iter", -1)) < 0 else min(len(names), int(config["eval_iter"]))
+    n_items = len(names) if int(config["eval_iter"]) < 0 else min(len(names), int(config["eval_iter"]))
     mine = list(range(rank, n_items, world))
     done = {i: labels_readable(pred_dir, split, names[i]) for i in mine}
     todo = [i for i in mine if done[i] is None]
@@ -198,7 +199,7 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
             continue
         save_picture(img_dir / f"{names[i]}.png", item["image"], done[i])
 
-    device = resolve_device(config.get("device", "auto"))
+    device = resolve_device(config["device"])
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     precision, amp = label_precision(config, device)
@@ -208,11 +209,11 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
     # the front end's post-processing, applied to the aggregated heatmap
     frontend = Frontend(detector, **keypoint_settings(config["model"]))
     ha_cfg = data["homography_adaptation"]
-    if not ha_cfg.get("enable", True):  # adaptation off: the detector's own keypoints (identity view only)
+    if not ha_cfg["enable"]:  # adaptation off: the detector's own keypoints (identity view only)
         ha_cfg = {**ha_cfg, "num": 1}
-    seed = int(config.get("seed", 0))
+    seed = int(config["seed"])
 
-    workers = int(config.get("num_workers", 0))
+    workers = int(config["num_workers"])
     loader = DataLoader(_ReadOrReport(dataset, todo), batch_size=None, shuffle=False, num_workers=workers)
     desc = f"homography adaptation {split}" + (f" [rank {rank}/{world}]" if world > 1 else "")
     for item in tqdm(loader, total=len(todo), desc=desc, disable=rank != 0, dynamic_ncols=True):

@@ -46,7 +46,7 @@ CHECK_SIZES = ((64, 80), (96, 128))  # two different H x W: the dynamic axes rea
 def load_model(config: dict) -> torch.nn.Module:
     """The config's network with its ``pretrained`` weights, on the CPU, in eval mode."""
     path = resolve_pretrained(config, "export_model")
-    model = load_pretrained(config["model"], path, strict=True, weights_only=bool(config.get("weights_only", True)))
+    model = load_pretrained(config["model"], path, strict=True, weights_only=bool(config["weights_only"]))
     return model.eval()
 
 
@@ -141,7 +141,7 @@ def export_int8(model: torch.nn.Module, export_dir: Path, config: dict, calibrat
     """``superpoint_int8.onnx`` and its record ``superpoint_int8.json`` (see the module docstring)."""
     from models.int8 import int8_settings, quantize_int8
 
-    settings = int8_settings((config.get("inference") or {}).get("int8"), calibration)
+    settings = int8_settings(config["inference"]["int8"], calibration)
     if settings.calibration is None:
         raise UserError("--precision int8 needs --calibration DIR: a folder of your own images "
                         "(not evaluation images), or inference.int8.calibration in the config")

@@ -148,7 +148,7 @@ PAIR_GEOMETRY = {
 def pair_dataset(config: dict, geometry: str = "homography"):
     """The configured dataset, checked to give image pairs with ``geometry`` (homography | pose)."""
     # HPatches ignores the split; single-image datasets export `data.export_folder`
-    dataset = get_dataset(config, str(config["data"].get("export_folder", "test")), pairs=True)
+    dataset = get_dataset(config, str(config["data"]["export_folder"]), pairs=True)
     if len(dataset) == 0:
         raise UserError(f"data.dataset '{config['data']['dataset']}': the dataset is empty")
     first = dataset[0]

@@ -17,15 +17,24 @@ MODELS = {"SuperPointNet": SuperPointNet, "SuperPointNet_gauss2": SuperPointNet_
 def build_model(model_config: dict) -> torch.nn.Module:
     """Build the network named by ``model.name`` with ``model.params`` as keyword arguments.
 
-    With ``model.segmentation_head.enable: true`` an ASPP head (``models.heads``) is attached as
+    ``model_config`` is the ``model`` section of a merged config (every key present). With
+    ``model.segmentation_head.enable: true`` an ASPP head (``models.heads``) is attached as
     ``seg_head`` (SuperPointNet_gauss2 only); otherwise the state_dict is the plain network's.
     """
-    name = model_config.get("name")
+    head_config = model_config["segmentation_head"]
+    return build_network(model_config["name"], model_config["params"],
+                         head_config if head_config["enable"] else None)
+
+
+def build_network(name: str, params: dict | None = None, segmentation_head: dict | None = None) -> torch.nn.Module:
+    """The network ``name`` with keyword arguments ``params``, without a config (weight
+    conversion, benchmarks); ``segmentation_head``: a merged ``model.segmentation_head`` section
+    to attach that head (SuperPointNet_gauss2 only), None for the plain network."""
     if name not in MODELS:
         raise ValueError(f"model.name: unknown model {name!r} (expected one of {', '.join(MODELS)})")
-    params = dict(model_config.get("params") or {})
-    head_config = model_config.get("segmentation_head") or {}
-    if head_config.get("enable", False):
+    params = dict(params or {})
+    head_config = segmentation_head
+    if head_config is not None:
         if name != "SuperPointNet_gauss2":
             raise ValueError(f"model.segmentation_head.enable: {name} has no segmentation head; "
                              f"use model.name: SuperPointNet_gauss2")
@@ -96,12 +105,12 @@ def recorded_layout(obj) -> dict | None:
 
 
 def model_config_for(model_config: dict, obj) -> dict:
-    """``model_config`` with the layout a weights file records: its ``name`` and ``params``
-    replace the config's (the weights only fit their own layout); everything else (segmentation
-    head, keypoint settings) is the config's. Returned unchanged when they already agree."""
+    """``model_config`` (a merged ``model`` section) with the layout a weights file records: its
+    ``name`` and ``params`` replace the config's (the weights only fit their own layout); everything
+    else (segmentation head, keypoint settings) is the config's. Returned unchanged when they
+    already agree."""
     layout = recorded_layout(obj)
-    if layout is None or (layout["name"] == model_config.get("name")
-                          and layout["params"] == dict(model_config.get("params") or {})):
+    if layout is None or (layout["name"] == model_config["name"] and layout["params"] == dict(model_config["params"])):
         return model_config
     return {**model_config, **layout}
 

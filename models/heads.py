@@ -52,10 +52,10 @@ class ASPPHead(nn.Module):
 
 
 def build_segmentation_head(head_config: dict) -> ASPPHead:
-    """The head described by ``model.segmentation_head`` (its ``enable`` and ``loss_weight`` are
-    read by the caller)."""
-    return ASPPHead(num_classes=int(head_config.get("num_classes", 34)),
-                    in_channels=int(head_config.get("in_channels", 128)),
-                    channels=int(head_config.get("channels", 128)),
-                    aspp_rates=tuple(head_config.get("aspp_rates", (6, 12, 18))),
-                    dropout=float(head_config.get("dropout", 0.1)))
+    """The head described by ``model.segmentation_head`` of a merged config (every key present;
+    its ``enable`` and ``loss_weight`` are read by the caller)."""
+    return ASPPHead(num_classes=int(head_config["num_classes"]),
+                    in_channels=int(head_config["in_channels"]),
+                    channels=int(head_config["channels"]),
+                    aspp_rates=tuple(head_config["aspp_rates"]),
+                    dropout=float(head_config["dropout"]))

@@ -34,26 +34,27 @@ AGGREGATIONS = ("sum", "max")
 
 
 def adaptation_settings(config: Mapping) -> dict:
-    """The ``data.homography_adaptation`` section from either that section or a whole config."""
+    """The ``data.homography_adaptation`` section from either that section or a whole config,
+    both merged over the defaults (every key present; configs/defaults/data.yaml)."""
     if "data" in config and isinstance(config["data"], Mapping):
         config = config["data"]["homography_adaptation"]
     cfg = dict(config)
-    num = int(cfg.get("num", 1))
+    num = int(cfg["num"])
     if num < 1:
         raise ValueError(f"data.homography_adaptation.num must be >= 1, got {num}")
-    agg = cfg.get("aggregation", "sum")
+    agg = cfg["aggregation"]
     if agg not in AGGREGATIONS:
         raise ValueError(f"data.homography_adaptation.aggregation must be one of {AGGREGATIONS}, got {agg!r}")
-    batch = int(cfg.get("batch_size", 25))
+    batch = int(cfg["batch_size"])
     if batch < 1:
         raise ValueError(f"data.homography_adaptation.batch_size must be >= 1, got {batch}")
     return {
         "num": num,
         "aggregation": agg,
-        "filter_counts": int(cfg.get("filter_counts", 0) or 0),
+        "filter_counts": int(cfg["filter_counts"]),
         "batch_size": batch,
-        "params": dict((cfg.get("homographies") or {}).get("params") or {}),
-        "valid_border_margin": int(cfg.get("valid_border_margin", 0) or 0),
+        "params": dict(cfg["homographies"]["params"]),
+        "valid_border_margin": int(cfg["valid_border_margin"]),
     }
 
 
@@ -189,7 +190,8 @@ def homography_adaptation(detector: Callable, image: torch.Tensor, config: Mappi
         detector: a network returning ``{"semi": ...}`` (see :func:`prepare_detector`) or any
             callable ``K x 1 x H x W -> heatmap`` (see :func:`detector_heatmap`).
         image: ``B x 1 x H x W`` float32 gray in [0, 1], on the detector's device.
-        config: the ``data.homography_adaptation`` section (or a whole config): ``num``,
+        config: the ``data.homography_adaptation`` section (or a whole config), merged over the
+            defaults: ``num``,
             ``aggregation`` (sum | max), ``filter_counts``, ``batch_size`` (views per forward),
             ``homographies.params``, ``valid_border_margin``.
         generator: CPU generator(s) for sampling (see :func:`sample_adaptation_homographies`).

@@ -40,39 +40,40 @@ LAYERS = ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", 
 
 @dataclass
 class Int8Settings:
-    """What an int8 model is built from (``inference.int8`` in configs/defaults/inference.yaml)."""
+    """What an int8 model is built from (``inference.int8`` in configs/defaults/inference.yaml,
+    the only source of its defaults: see :func:`int8_settings`)."""
 
     calibration: Path | None           # folder of calibration images (the user's own, not evaluation images)
-    count: int = 16                    # images used, spread evenly over the sorted folder
-    size: tuple[int, int] = (480, 640)  # H, W the images are centre-cropped and resized to
-    method: str = "percentile"         # minmax | entropy | percentile
-    int8_layers: tuple[str, ...] = ("conv1b", "conv2a", "conv2b")  # layers of LAYERS quantized; others fp32
-    cache_dir: Path | None = None      # calibration cache (default <EXPER_PATH>/int8_calibration)
+    count: int                         # images used, spread evenly over the sorted folder
+    size: tuple[int, int]              # H, W the images are centre-cropped and resized to
+    method: str                        # minmax | entropy | percentile
+    int8_layers: tuple[str, ...]       # layers of LAYERS quantized; others fp32
+    cache_dir: Path | None             # calibration cache (None: <EXPER_PATH>/int8_calibration)
     exclude_files: tuple[Path, ...] = field(default=())  # files never used (e.g. evaluation frames)
 
 
-def int8_settings(section: dict | None, calibration: str | Path | None = None) -> Int8Settings:
-    """:class:`Int8Settings` from an ``inference.int8`` config section (``calibration`` overrides
-    its folder, e.g. from ``--calibration``); bad values are one-line :class:`ConfigError` s."""
-    section = dict(section or {})
-    folder = calibration if calibration is not None else section.get("calibration")
-    method = str(section["method"] if "method" in section else Int8Settings.method).lower()
+def int8_settings(section: dict, calibration: str | Path | None = None) -> Int8Settings:
+    """:class:`Int8Settings` from the ``inference.int8`` section of a merged config (every key
+    present; ``calibration`` overrides its folder, e.g. from ``--calibration``); bad values are
+    one-line :class:`ConfigError` s."""
+    folder = calibration if calibration is not None else section["calibration"]
+    method = str(section["method"]).lower()
     if method not in METHODS:
         raise ConfigError(f"inference.int8.method: unknown value {method!r} (expected {', '.join(METHODS)})")
-    size = section.get("size", [480, 640])
+    size = section["size"]
     if (not isinstance(size, (list, tuple)) or len(size) != 2
             or not all(isinstance(s, int) and s > 0 and s % 8 == 0 for s in size)):
         raise ConfigError(f"inference.int8.size: expected [H, W], positive multiples of 8, got {size!r}")
-    count = section.get("count", 16)
+    count = section["count"]
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"inference.int8.count: expected a positive integer, got {count!r}")
-    layers = tuple(section.get("int8_layers", Int8Settings.int8_layers))
+    layers = tuple(section["int8_layers"])
     unknown = [n for n in layers if n not in LAYERS]
     if unknown or not layers:
         given = ", ".join(map(str, unknown)) or "(none given)"
         raise ConfigError(f"inference.int8.int8_layers: unknown layer(s) {given} "
                           f"(expected names among {', '.join(LAYERS)})")
-    cache = section.get("cache_dir")
+    cache = section["cache_dir"]
     return Int8Settings(Path(folder) if folder else None, count, (int(size[0]), int(size[1])), method,
                         layers, Path(cache) if cache else None)
 

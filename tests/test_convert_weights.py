@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
+from models import build_network
 from utils import convert_weights as cw
 from utils.tf_bundle import BundleError, crc32c, mask_crc, open_bundle, read_table
 
@@ -154,7 +154,7 @@ def _semi(model, image01: np.ndarray) -> np.ndarray:
 
 def _converted_model(path):
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(obj["config"]["model"])
+    model = build_network(obj["config"]["model"]["name"], obj["config"]["model"]["params"])
     model.load_state_dict(obj["model_state_dict"], strict=True)
     return model.eval(), obj
 
@@ -255,7 +255,7 @@ def test_tf_magicpoint_descriptor_head_is_seeded(tmp_path):
         states.append(torch.load(tmp_path / f"{seed}.pth", weights_only=True)["model_state_dict"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        fresh = build_model({"name": "SuperPointTF"}).state_dict()  # PyTorch's default init, seed 0
+        fresh = build_network("SuperPointTF").state_dict()  # PyTorch's default init, seed 0
     key = "descriptor.0.conv.weight"
     assert torch.equal(states[0][key], fresh[key])
     assert not torch.equal(states[0][key], states[1][key])
@@ -494,11 +494,12 @@ def test_unknown_or_corrupt_files_give_one_line_errors(tmp_path, capsys):
 
 def test_converted_file_works_as_pretrained_in_any_config(tmp_path):
     from models import load_pretrained
+    from utils.config import load_config
 
     sd = _random_state(open_spec(), 21)
     torch.save(sd, tmp_path / "v6.pth")
     cw.convert(tmp_path / "v6.pth", tmp_path / "open.pth")
-    model = load_pretrained({"name": "SuperPointNet_gauss2", "params": {}}, tmp_path / "open.pth")
+    model = load_pretrained(load_config(None)["model"], tmp_path / "open.pth")
     assert type(model).__name__ == "SuperPointTF"
     assert torch.equal(model.state_dict()["detector.1.conv.weight"], sd["detector.1.conv.weight"])
 

@@ -26,7 +26,7 @@ import settings
 import train4
 from datasets.synthetic_shapes import main as generate_main
 from evaluations.predictions import check_export
-from models import SuperPointNet, build_model
+from models import SuperPointNet, build_network
 from models.stand_in import seeded_stand_in
 from tests.fixtures.image_trees import folder_tree
 from training.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint
@@ -202,7 +202,7 @@ def test_homography_adaptation_export_killed_then_rerun_equals_an_uninterrupted_
     root = folder_tree(tmp_path / "imgs")
     torch.manual_seed(0)
     weights = tmp_path / "mp.pth"
-    torch.save(build_model({"name": "SuperPointNet_gauss2"}).state_dict(), weights)
+    torch.save(build_network("SuperPointNet_gauss2").state_dict(), weights)
     common = ["--set", f"pretrained={weights}", "--set", "data.preprocessing.resize=[32,48]",
               "--set", "data.homography_adaptation.num=2", "--set", "data.homography_adaptation.batch_size=2",
               "--set", "num_workers=0", "--set", "precision=fp32", "--set", "device=cpu",

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
+from models import build_model, build_network
 from models.homography_adaptation import homography_adaptation, prepare_detector, sample_adaptation_homographies
 from utils.config import load_config
 from utils.geometry import warp_points
@@ -82,7 +82,7 @@ def test_recovers_known_points_under_many_homographies():
 
 def test_batching_does_not_change_the_result():
     torch.manual_seed(0)
-    model = build_model({"name": "SuperPointNet_gauss2", "params": {"descriptor_dim": 16}}).eval()
+    model = build_network("SuperPointNet_gauss2", {"descriptor_dim": 16}).eval()
     images = torch.rand(2, 1, 32, 40)
     gens = lambda: [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]  # noqa: E731
     ref = [homography_adaptation(model, images[i:i + 1], ha_config(num=6, batch_size=1), [g])
@@ -159,7 +159,7 @@ def test_filter_counts_zeroes_pixels_seen_by_few_views():
 
 def test_sizes_not_multiple_of_8_are_padded_for_the_network():
     torch.manual_seed(0)
-    model = build_model({"name": "SuperPointNet_gauss2", "params": {"descriptor_dim": 16}}).eval()
+    model = build_network("SuperPointNet_gauss2", {"descriptor_dim": 16}).eval()
     img = torch.rand(1, 1, 30, 45)
     out = homography_adaptation(model, img, ha_config(num=3, batch_size=3), torch.Generator().manual_seed(0))
     assert out.shape == (1, 1, 30, 45) and torch.isfinite(out).all() and float(out.max()) > 0
@@ -196,8 +196,9 @@ def test_prepare_detector_fuses_a_network_with_a_segmentation_head():
     import warnings
 
     torch.manual_seed(0)
-    model = build_model({"name": "SuperPointNet_gauss2", "params": {"descriptor_dim": 16},
-                         "segmentation_head": {"enable": True, "num_classes": 4, "channels": 8}}).eval()
+    model = build_model(load_config(None, ["model.params={descriptor_dim: 16}", "model.segmentation_head.enable=true",
+                                           "model.segmentation_head.num_classes=4",
+                                           "model.segmentation_head.channels=8"])["model"]).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the old fallback warned "running ... unfused (TraceError ...)"
         fast = prepare_detector(model)
@@ -216,7 +217,7 @@ def test_prepare_detector_folds_with_the_one_folding_bit_for_bit():
     from models.inference import fold_batchnorm
 
     torch.manual_seed(1)
-    model = build_model({"name": "SuperPointNet_gauss2", "params": {"descriptor_dim": 16}}).eval()
+    model = build_network("SuperPointNet_gauss2", {"descriptor_dim": 16}).eval()
     for bn in model.modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
             bn.running_mean.uniform_(-0.5, 0.5)

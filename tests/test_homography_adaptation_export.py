@@ -13,7 +13,7 @@ import torch
 
 from datasets import get_dataset
 from exporters import detector_labels as exporter
-from models import build_model
+from models import build_network
 from settings import exper_path
 from tests.fixtures.image_trees import FOLDER_NAMES, coco_tree, folder_tree, kitti_sfm_tree, write_image
 from utils.config import load_config
@@ -29,7 +29,7 @@ def weights(tmp_path):
     """A seeded random-init MagicPoint (the trained one is not needed to test the plumbing)."""
     torch.manual_seed(0)
     path = tmp_path / "magicpoint_random.pth"
-    torch.save(build_model({"name": "SuperPointNet_gauss2"}).state_dict(), path)
+    torch.save(build_network("SuperPointNet_gauss2").state_dict(), path)
     return path
 
 

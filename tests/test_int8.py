@@ -12,13 +12,13 @@ import torch
 
 import models.int8 as int8
 from exporters.model_export import run
-from models import build_model, load_weights
+from models import build_network, load_weights
 from models.frontend import Frontend, inference_frontend, resolve_engine
 from models.inference import resolve_inference_precision
 from models.onnx_runtime import OnnxRuntimeNetwork
 from settings import exper_path
 from utils.cli import UserError
-from utils.config import ConfigError, load_config
+from utils.config import ConfigError, load_config, load_defaults, merge_strict
 
 KP = dict(detection_threshold=0.015, nms_radius=4, border=4)
 DEMO = "configs/magicpoint_repeatability_embedded.yaml"  # the shipped demo SuperPoint (trained weights)
@@ -32,8 +32,13 @@ def frontend_with_defaults(model, config: dict, device=None):
     return inference_frontend(model, merge_strict(load_defaults(), config, "test"), device)
 
 
+def int8_section(**over) -> dict:
+    """The ``inference.int8`` section of the defaults with ``over`` merged (what a config gives)."""
+    return merge_strict(load_defaults(), {"inference": {"int8": over}}, "test")["inference"]["int8"]
+
+
 def _demo_model():
-    model = build_model({"name": "SuperPointNet_gauss2", "params": {}})
+    model = build_network("SuperPointNet_gauss2")
     load_weights(model, "pretrained/superpoint_photos.pth")
     return model.eval()
 
@@ -99,7 +104,7 @@ def test_calibration_is_computed_once_per_weights_images_size_and_method(shared_
     monkeypatch.setattr(int8, "_Reader", CountingReader)
     folder = _calibration_folder(shared_data, tmp_path, count=2)
     model = _demo_model()
-    section = {"size": [64, 80], "cache_dir": str(tmp_path / "cache")}
+    section = int8_section(size=[64, 80], cache_dir=str(tmp_path / "cache"))
     settings = int8.int8_settings(section, folder)
     first, rec1 = int8.quantize_int8(model, settings)
     assert sum(reads) == 2 and not rec1["calibration"]["cache_hit"]
@@ -155,15 +160,15 @@ def test_int8_errors_are_one_line(shared_data, tmp_path, capsys):
         resolve_engine("fast", "int8", torch.device("cpu"), model)
     assert resolve_engine("auto", "int8", torch.device("cpu"), model) == "onnxruntime"
     with pytest.raises(ConfigError, match=r"inference.int8.calibration: .*nowhere: folder not found"):
-        int8.quantize_int8(model, int8.int8_settings({}, tmp_path / "nowhere"))
+        int8.quantize_int8(model, int8.int8_settings(int8_section(), tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(ConfigError, match=r"inference.int8.calibration: .*empty: no images found"):
-        int8.quantize_int8(model, int8.int8_settings({}, tmp_path / "empty"))
+        int8.quantize_int8(model, int8.int8_settings(int8_section(), tmp_path / "empty"))
     with pytest.raises(ConfigError, match="inference.int8.int8_layers: unknown layer.*conv9"):
-        int8.int8_settings({"int8_layers": ["conv9"]})
+        int8.int8_settings(int8_section(int8_layers=["conv9"]))
     with pytest.raises(ConfigError, match="inference.int8.method: unknown value 'best'"):
-        int8.int8_settings({"method": "best"})
+        int8.int8_settings(int8_section(method="best"))
     config = load_config(DEMO)
     with pytest.raises(UserError, match="--precision int8 needs --calibration DIR"):
         run(config, exper_path() / "x", argparse.Namespace(format="onnx", precision="int8", calibration=None))

@@ -11,7 +11,7 @@ import settings
 from datasets.augmentation import Randomness
 from datasets.collate import collate
 from exporters import detector_labels
-from models import build_model
+from models import build_model, build_network
 from models.stand_in import seeded_stand_in
 from tests.fixtures.recorder import Recorder
 from training.checkpoints import latest_checkpoint, load_checkpoint
@@ -33,7 +33,7 @@ def photos_with_labels(shared_data, tmp_path):
     weights = REPO / "pretrained" / "magicpoint_synth.pth"
     if not weights.is_file():  # before the trained MagicPoint exists: detector-like seeded weights
         weights = tmp_path / "stand_in.pth"
-        torch.save(seeded_stand_in(build_model({"name": "SuperPointNet_gauss2"})).state_dict(), weights)
+        torch.save(seeded_stand_in(build_network("SuperPointNet_gauss2")).state_dict(), weights)
     for split in ("train", "val"):  # a folder's splits are the same images unless split files say otherwise
         cfg = load_config(REPO / "configs/magicpoint_folder_export.yaml",
                           [f"data.root={root}", f"data.preprocessing.resize={SIZE}", "data.homography_adaptation.num=8",

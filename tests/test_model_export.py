@@ -11,15 +11,18 @@ from models.frontend import Frontend
 from models.stand_in import seeded_stand_in
 from settings import exper_path
 from utils.cli import UserError
+from utils.config import load_config
 
 SIZES = ((40, 56), (120, 160))  # not the sizes the exporter traces or checks itself
 
 
 def _config(tmp_path, name, seg=False):
-    model_config = {"name": name, "params": {}}
+    over = [f"model.name={name}", f"pretrained={tmp_path / 'weights.pth.tar'}"]
     if seg:
-        model_config["segmentation_head"] = {"enable": True, "num_classes": 5, "channels": 16}
-    model = seeded_stand_in(build_model(model_config), seed=1)
+        over += ["model.segmentation_head.enable=true", "model.segmentation_head.num_classes=5",
+                 "model.segmentation_head.channels=16"]
+    config = load_config(None, over)
+    model = seeded_stand_in(build_model(config["model"]), seed=1)
     if name == "SuperPointNet_gauss2":  # batch norm far from identity, so folding it matters
         g = torch.Generator().manual_seed(2)
         for bn in model.modules():
@@ -27,7 +30,7 @@ def _config(tmp_path, name, seg=False):
                 bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
                 bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
     torch.save({"model_state_dict": model.state_dict(), "n_iter": 3}, tmp_path / "weights.pth.tar")
-    return model.eval(), {"model": model_config, "pretrained": str(tmp_path / "weights.pth.tar")}
+    return model.eval(), config
 
 
 @pytest.mark.parametrize("fmt,filename", [("onnx", "superpoint.onnx"), ("torchscript", "superpoint.pt")])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import build_model, load_weights
+from models import build_network, load_weights
 from models.superpoint import SuperPointNet
 from models.superpoint_bn import SuperPointNet_gauss2
 
@@ -42,7 +42,7 @@ def test_checkpoint_dict_and_ddp_prefix_load(tmp_path):
     src = SuperPointNet_gauss2()
     sd = {f"module.{k}": v for k, v in src.state_dict().items()}
     torch.save({"model_state_dict": sd, "n_iter": 7}, tmp_path / "ck.pth.tar")
-    dst = build_model({"name": "SuperPointNet_gauss2", "params": {}})
+    dst = build_network("SuperPointNet_gauss2")
     obj = load_weights(dst, tmp_path / "ck.pth.tar")
     assert obj["n_iter"] == 7
     assert torch.equal(dst.inc.conv.conv[0].weight, src.inc.conv.conv[0].weight)
@@ -55,4 +55,4 @@ def test_load_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="do not fit SuperPointNet_gauss2"):
         load_weights(SuperPointNet_gauss2(), tmp_path / "ml.pth")
     with pytest.raises(ValueError, match="unknown model"):
-        build_model({"name": "Nope"})
+        build_network("Nope")

@@ -14,7 +14,7 @@ import torch
 import datasets
 import settings
 from evaluations.segmentation import evaluate_segmentation_folder
-from models import build_model, load_weights
+from models import build_model, build_network, load_weights
 from tests.fixtures.image_trees import coco_tree
 from training.checkpoints import resolve_pretrained, save_checkpoint
 from training.magicpoint import MagicPointTask
@@ -58,7 +58,7 @@ def test_tensorboard_reads_the_run_including_its_last_validation(monkeypatch):
 def test_pretrained_logs_prefix_resolves_in_the_experiment_dir():
     cfg = load_config(REPO / "configs/superpoint_cityscapes_export.yaml", ["device=cpu"])
     assert cfg["pretrained"] == "logs/superpoint_cityscapes"
-    net = build_model({"name": "SuperPointNet_gauss2"})
+    net = build_network("SuperPointNet_gauss2")
     ckpt = save_checkpoint(settings.exper_path() / "superpoint_cityscapes" / "checkpoints", 7, net)
     assert settings.exper_path() != REPO / "logs"  # conftest points SUPERPOINT_EXPER_DIR elsewhere
     assert resolve_pretrained(cfg) == ckpt
@@ -162,7 +162,7 @@ def test_cityscapes_commands_of_the_reference_readme(shared_data, tmp_path):
 def test_homography_adaptation_rejects_export_segmentation_and_runs_seg_models_quietly(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "seg_model.pth"
-    torch.save(build_model({"name": "SuperPointNet_gauss2", "segmentation_head": {"enable": True}}).state_dict(),
+    torch.save(build_model(load_config(None, ["model.segmentation_head.enable=true"])["model"]).state_dict(),
                weights)
     root = coco_tree(tmp_path / "coco", n_train=1)
     args = [sys.executable, "export.py", "export_detector_homoAdapt", "configs/magicpoint_coco_export.yaml", "ha_seg",
@@ -193,7 +193,7 @@ def test_coco_panoptic_labels_without_a_segmentation_head_is_a_config_error():
 # ---- MagicLeap weights in the batch-norm network --------------------------------------------------
 def test_magicleap_weights_in_gauss2_suggest_superpointnet(tmp_path):
     magicleap = tmp_path / "superpoint_v1.pth"
-    torch.save(build_model({"name": "SuperPointNet"}).state_dict(), magicleap)  # MagicLeap's layer names
+    torch.save(build_network("SuperPointNet").state_dict(), magicleap)  # MagicLeap's layer names
     r = subprocess.run([sys.executable, "export.py", "export_descriptor",
                         "configs/magicpoint_repeatability_embedded.yaml",
                         "ml_in_gauss2", "--set", f"pretrained={magicleap}", "--set", "device=cpu"], **RUN)
@@ -202,13 +202,13 @@ def test_magicleap_weights_in_gauss2_suggest_superpointnet(tmp_path):
     assert line.endswith("set model.name: SuperPointNet")
     # a partial load (allow_partial_load: true) gets the same message, not a partial load of the heads
     with pytest.raises(ValueError, match="set model.name: SuperPointNet$"):
-        load_weights(build_model({"name": "SuperPointNet_gauss2"}), magicleap, strict=False)
+        load_weights(build_network("SuperPointNet_gauss2"), magicleap, strict=False)
     # and the other way round
     gauss2 = tmp_path / "gauss2.pth"
-    torch.save(build_model({"name": "SuperPointNet_gauss2"}).state_dict(), gauss2)
+    torch.save(build_network("SuperPointNet_gauss2").state_dict(), gauss2)
     with pytest.raises(ValueError, match="set model.name: SuperPointNet_gauss2$"):
-        load_weights(build_model({"name": "SuperPointNet"}), gauss2)
-    load_weights(build_model({"name": "SuperPointNet"}), magicleap)  # the right network loads it
+        load_weights(build_network("SuperPointNet"), gauss2)
+    load_weights(build_network("SuperPointNet"), magicleap)  # the right network loads it
 
 
 # ---- train_tutorial.md, which the reference README points to ------------------------------------

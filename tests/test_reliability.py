@@ -25,7 +25,7 @@ import export
 import settings
 import train4
 from exporters import detector_labels as ha_exporter
-from models import SuperPointNet, build_model
+from models import SuperPointNet, build_model, build_network
 from models.stand_in import seeded_stand_in
 from tests.fixtures.image_trees import folder_tree
 from training.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -152,14 +152,14 @@ def _case_zero_save_interval(tmp_path):
 
 def _case_resume_with_another_descriptor_dim(tmp_path):
     ck = save_checkpoint(settings.exper_path() / "exp" / "checkpoints", 2,
-                         build_model({"name": "SuperPointNet_gauss2"}))
+                         build_network("SuperPointNet_gauss2"))
     return (["train_base", str(tiny_yaml(tmp_path)), "exp", "--set", "model.params={descriptor_dim: 128}"],
             f"{ck}: weights do not fit SuperPointNet_gauss2: 78 of 84 tensors fit, 6 of another shape (convDb.weight")
 
 
 def _case_resume_after_model_name_change(tmp_path):
     ck = save_checkpoint(settings.exper_path() / "exp" / "checkpoints", 2,
-                         build_model({"name": "SuperPointNet_gauss2"}))
+                         build_network("SuperPointNet_gauss2"))
     return (["train_base", str(tiny_yaml(tmp_path)), "exp", "--set", "model.name=SuperPointNet"],
             f"{ck}: weights do not fit SuperPointNet")
 
@@ -206,8 +206,8 @@ def test_bad_input_corpus(case, tmp_path, capsys):
 
 def test_partial_pretrained_load_only_when_allowed(tmp_path):
     # a 128-dimensional descriptor head: 6 tensors of the descriptor head (convDb, bnDb) of another shape
-    weights = _save_plain(tmp_path / "d128.pth", build_model({"name": "SuperPointNet_gauss2",
-                                                             "params": {"descriptor_dim": 128}}))
+    weights = _save_plain(tmp_path / "d128.pth", build_network("SuperPointNet_gauss2",
+                                                               {"descriptor_dim": 128}))
     with pytest.raises(ValueError, match="78 of 84 tensors fit, 6 of another shape"):
         Trainer(tiny(pretrained=str(weights)), "strict", MagicPointTask(tiny()))._build()
     cfg = tiny(pretrained=str(weights), allow_partial_load="true")
@@ -307,7 +307,7 @@ def test_two_exports_into_one_folder_do_not_interleave(tmp_path, capsys):
 def ha_weights(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "magicpoint_random.pth"
-    torch.save(build_model({"name": "SuperPointNet_gauss2"}).state_dict(), path)
+    torch.save(build_network("SuperPointNet_gauss2").state_dict(), path)
     return path
 
 

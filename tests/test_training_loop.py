@@ -106,9 +106,9 @@ def test_frozen_parts_keep_weights_and_batch_norm_statistics_through_validation(
     """model.freeze under the loop's stop path, TensorBoard log and validation: the frozen encoder
     and descriptor head end exactly as loaded (batch-norm running statistics included, which only
     eval mode keeps), the detector head trains, and Adam holds the detector's parameters only."""
-    from models import build_model
+    from models import build_network
 
-    start = build_model({"name": "SuperPointNet_gauss2"})
+    start = build_network("SuperPointNet_gauss2")
     torch.save(start.state_dict(), tmp_path / "start.pth")
     cfg = config(pretrained=str(tmp_path / "start.pth"), **{"model.freeze": "[encoder, descriptor]"})
     trainer = Trainer(cfg, "frozen", MagicPointTask(cfg), do_eval=True)

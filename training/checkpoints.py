@@ -79,7 +79,7 @@ def resolve_pretrained(config: dict, task: str = "export_descriptor") -> Path:
     import settings
     from utils.cli import UserError
 
-    value = config.get("pretrained")
+    value = config["pretrained"]
     if not value:
         raise UserError(f"pretrained: {task} needs trained weights; set pretrained: <file> in the config "
                         f"or --set pretrained=<file> (e.g. pretrained/superpoint_v1.pth)")

@@ -36,7 +36,7 @@ def _env_int(name: str, default: int) -> int:
 def process_device(config: dict, local_rank: int, world_size: int) -> torch.device:
     """The device of this process: the config's device, with CUDA pinned to ``cuda:LOCAL_RANK``
     when there are several processes."""
-    device = resolve_device(config.get("device", "auto"))
+    device = resolve_device(config["device"])
     if device.type == "cuda" and world_size > 1:
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")
@@ -46,7 +46,7 @@ def process_device(config: dict, local_rank: int, world_size: int) -> torch.devi
 
 
 def backend_for(config: dict, device: torch.device) -> str:
-    name = str((config.get("distributed") or {}).get("backend", "auto"))
+    name = str(config["distributed"]["backend"])
     if name == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if name not in ("nccl", "gloo"):
@@ -66,7 +66,7 @@ def launch(config: dict, name: str, task, do_eval: bool = False, debug: bool = F
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     device = process_device(config, local_rank, world_size)
-    minutes = float((config.get("distributed") or {}).get("timeout_minutes", 30))
+    minutes = float(config["distributed"]["timeout_minutes"])
     dist.init_process_group(backend=backend_for(config, device), rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=minutes),
                             device_id=device if device.type == "cuda" else None)

@@ -34,16 +34,16 @@ def _one_of(key: str, value, allowed: tuple) -> str:
 
 def optimizer_settings(model_cfg: dict) -> tuple[type, dict]:
     """(optimiser class, its keyword arguments) for ``model.optimizer``; :class:`ConfigError` on a
-    bad value."""
-    ocfg = model_cfg.get("optimizer") or {}
-    name = _one_of("model.optimizer.name", ocfg.get("name", "adam"), OPTIMIZERS)
-    kwargs = {"lr": float(model_cfg["learning_rate"]), "weight_decay": float(model_cfg.get("weight_decay", 0.0))}
+    bad value. ``model_cfg`` is the ``model`` section of a merged config (every key present)."""
+    ocfg = model_cfg["optimizer"]
+    name = _one_of("model.optimizer.name", ocfg["name"], OPTIMIZERS)
+    kwargs = {"lr": float(model_cfg["learning_rate"]), "weight_decay": float(model_cfg["weight_decay"])}
     if name == "sgd":
-        momentum = float(ocfg.get("momentum", 0.0))
+        momentum = float(ocfg["momentum"])
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"model.optimizer.momentum: expected a number in [0, 1), got {momentum!r}")
         return torch.optim.SGD, {**kwargs, "momentum": momentum}
-    betas = ocfg.get("betas", [0.9, 0.999])
+    betas = ocfg["betas"]
     if not (isinstance(betas, (list, tuple)) and len(betas) == 2
             and all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)):
         raise ConfigError(f"model.optimizer.betas: expected two numbers in [0, 1), got {betas!r}")
@@ -64,24 +64,26 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], model_cfg: dict) -> to
 
 
 def lr_factor(model_cfg: dict, train_iter: int) -> Callable[[int], float] | None:
-    """Iteration -> multiplier of ``model.learning_rate`` for ``model.scheduler`` (None: constant)."""
-    scfg = model_cfg.get("scheduler") or {}
-    name = _one_of("model.scheduler.name", scfg.get("name", "none"), SCHEDULERS)
+    """Iteration -> multiplier of ``model.learning_rate`` for ``model.scheduler`` (None: constant).
+
+    ``model_cfg`` is the ``model`` section of a merged config (every key present)."""
+    scfg = model_cfg["scheduler"]
+    name = _one_of("model.scheduler.name", scfg["name"], SCHEDULERS)
     if name == "none":
         return None
-    gamma = float(scfg.get("gamma", 0.1))
+    gamma = float(scfg["gamma"])
     if name == "step":
-        step_size = int(scfg.get("step_size", 1))
+        step_size = int(scfg["step_size"])
         if step_size < 1:
             raise ConfigError(f"model.scheduler.step_size: expected an integer >= 1, got {step_size!r}")
         return lambda i: gamma ** (i // step_size)
     if name == "exponential":
         return lambda i: gamma ** i
-    t_max = int(scfg.get("t_max", 0)) or int(train_iter)
+    t_max = int(scfg["t_max"]) or int(train_iter)
     if t_max < 1:
         raise ConfigError(f"model.scheduler.t_max: expected an integer >= 1 (or 0 for train_iter), got {t_max!r}")
     lr = float(model_cfg["learning_rate"])
-    floor = float(scfg.get("eta_min", 0.0)) / lr if lr > 0 else 0.0
+    floor = float(scfg["eta_min"]) / lr if lr > 0 else 0.0
 
     def cosine(i: int) -> float:
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(i, t_max) / t_max))

@@ -38,7 +38,7 @@ from utils.config import ConfigError
 from utils.draw import draw_matches
 from utils.geometry import warp_points
 from utils.matching import mutual_nn
-from utils.segmentation_labels import IGNORE_INDEX, num_classes
+from utils.segmentation_labels import num_classes
 
 
 def mutual_nn_matches(desc_a: torch.Tensor, mask_a: torch.Tensor, desc_b: torch.Tensor,
@@ -88,10 +88,10 @@ class SuperPointTask(DetectorTask):
     def __init__(self, config: dict):
         super().__init__(config)
         m = self.model_cfg
-        if not (self.data_cfg.get("warped_pair") or {}).get("enable", False):
+        if not self.data_cfg["warped_pair"]["enable"]:
             raise ConfigError("data.warped_pair.enable: joint training needs image pairs; set it to true")
-        self.lambda_loss = float(m.get("lambda_loss", 0.0))
-        kinds = [k for k in ("dense", "sparse", "infonce") if (m.get(f"{k}_loss") or {}).get("enable", False)]
+        self.lambda_loss = float(m["lambda_loss"])
+        kinds = [k for k in ("dense", "sparse", "infonce") if m[f"{k}_loss"]["enable"]]
         if len(kinds) > 1:
             raise ConfigError(f"model.{kinds[0]}_loss.enable and model.{kinds[1]}_loss.enable are both true; "
                               "enable one descriptor loss")
@@ -99,30 +99,30 @@ class SuperPointTask(DetectorTask):
             raise ConfigError("model.lambda_loss > 0 but no descriptor loss is enabled (set "
                               "model.dense_loss.enable, model.sparse_loss.enable or model.infonce_loss.enable)")
         self.descriptor_loss_kind = kinds[0] if self.lambda_loss > 0 else None
-        self.dense_params = dict((m.get("dense_loss") or {}).get("params") or {})
-        self.sparse_params = dict((m.get("sparse_loss") or {}).get("params") or {})
-        self.infonce_params = dict((m.get("infonce_loss") or {}).get("params") or {})
+        self.dense_params = dict(m["dense_loss"]["params"])
+        self.sparse_params = dict(m["sparse_loss"]["params"])
+        self.infonce_params = dict(m["infonce_loss"]["params"])
         if self.descriptor_loss_kind == "sparse":
-            if self.sparse_params.get("dist", "cos") not in ("cos", "l2"):
+            if self.sparse_params["dist"] not in ("cos", "l2"):
                 raise ConfigError(f"model.sparse_loss.params.dist: expected cos or l2, "
-                                  f"got {self.sparse_params.get('dist')!r}")
-            if self.sparse_params.get("method", "2d") not in ("1d", "2d"):
+                                  f"got {self.sparse_params['dist']!r}")
+            if self.sparse_params["method"] not in ("1d", "2d"):
                 raise ConfigError(f"model.sparse_loss.params.method: expected 1d or 2d, "
-                                  f"got {self.sparse_params.get('method')!r}")
-        self.match_distance = float((m.get("descriptor_validation") or {}).get("match_distance", 3.0))
+                                  f"got {self.sparse_params['method']!r}")
+        self.match_distance = float(m["descriptor_validation"]["match_distance"])
 
-        seg = m.get("segmentation_head") or {}
-        self.segmentation = bool(seg.get("enable", False))
-        seg_data = self.data_cfg.get("segmentation") or {}
-        self.ignore_index = int(seg_data.get("ignore_index", IGNORE_INDEX))
+        seg = m["segmentation_head"]
+        self.segmentation = bool(seg["enable"])
+        seg_data = self.data_cfg["segmentation"]
+        self.ignore_index = int(seg_data["ignore_index"])
         if self.segmentation:
-            label_set = str(seg_data.get("label_set", "cs34"))
+            label_set = str(seg_data["label_set"])
             expected = num_classes(label_set)
             if int(seg["num_classes"]) != expected:
                 raise ConfigError(f"model.segmentation_head.num_classes is {seg['num_classes']} but "
                                   f"data.segmentation.label_set '{label_set}' has {expected} classes")
-            self.seg_weight = float(seg.get("loss_weight", 1.0))
-        elif self.data_cfg.get("dataset") == "coco_panoptic" and self.data_cfg.get("load_panoptic", False):
+            self.seg_weight = float(seg["loss_weight"])
+        elif self.data_cfg["dataset"] == "coco_panoptic" and self.data_cfg["load_panoptic"]:
             # the panoptic labels feed the segmentation loss only: without the head they would be
             # decoded every step and silently unused
             raise ConfigError("data.load_panoptic: true but model.segmentation_head.enable is false, so no "
@@ -130,7 +130,7 @@ class SuperPointTask(DetectorTask):
                               "(with model.name: SuperPointNet_gauss2), or data.load_panoptic: false")
         # Items without keypoint labels (e.g. Cityscapes with data.labels unset) train only the
         # descriptor and segmentation heads: the detector loss is skipped for them.
-        may_lack_labels = self.data_cfg.get("labels") is None and \
+        may_lack_labels = self.data_cfg["labels"] is None and \
             canonical_name(self.data_cfg["dataset"]) != "synthetic_shapes"
         # parameters without gradient in some steps: DDP must be told
         self.unused_parameters = self.descriptor_loss_kind is None or may_lack_labels
@@ -154,9 +154,9 @@ class SuperPointTask(DetectorTask):
             p = self.dense_params
             return dense_descriptor_loss(
                 desc, wdesc, prepared["homography"], prepared["warped_valid_mask"], prepared["valid_mask"],
-                lambda_d=float(p.get("lambda_d", 800.0)), positive_margin=float(p.get("positive_margin", 1.0)),
-                negative_margin=float(p.get("negative_margin", 0.2)),
-                descriptor_dist=float(p.get("descriptor_dist", 8.0)), chunk_size=int(p.get("chunk_size", 0)))
+                lambda_d=float(p["lambda_d"]), positive_margin=float(p["positive_margin"]),
+                negative_margin=float(p["negative_margin"]),
+                descriptor_dist=float(p["descriptor_dist"]), chunk_size=int(p["chunk_size"]))
         if "sparse_pairs" not in prepared:
             raise ValueError("sparse descriptor loss: the batch has no sampled pairs "
                              "(prepare it with training=True)")
@@ -166,8 +166,8 @@ class SuperPointTask(DetectorTask):
                                            prepared["valid_mask"], prepared["warped_valid_mask"],
                                            temperature=float(p["temperature"]), exclusion=float(p["exclusion"]))
         p = self.sparse_params
-        return sparse_descriptor_loss(desc, wdesc, prepared["sparse_pairs"], lamda_d=float(p.get("lamda_d", 1.0)),
-                                      dist=str(p.get("dist", "cos")), method=str(p.get("method", "2d")))
+        return sparse_descriptor_loss(desc, wdesc, prepared["sparse_pairs"], lamda_d=float(p["lamda_d"]),
+                                      dist=str(p["dist"]), method=str(p["method"]))
 
     def segmentation_loss(self, outs: dict, prepared: dict) -> torch.Tensor:
         """Cross entropy of the segmentation head on both images of the pair (ignore label outside

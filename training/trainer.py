@@ -150,7 +150,8 @@ class _StopFlag:
 class Trainer:
     def __init__(self, config: dict, name: str, task: TrainTask, do_eval: bool = False, debug: bool = False,
                  rank: int = 0, world_size: int = 1, device: torch.device | None = None):
-        """``rank`` / ``world_size``: this process in a started process group (see
+        """``config``: a merged config (``utils.config.load_config``; every key is read without a
+        fallback). ``rank`` / ``world_size``: this process in a started process group (see
         ``training.distributed.launch``); ``device`` overrides ``config['device']``."""
         self.config = config
         self.name = name
@@ -165,8 +166,8 @@ class Trainer:
             raise RuntimeError("Trainer: world_size > 1 needs an initialised process group "
                                "(use training.distributed.launch under torchrun)")
         check_optimization_config(config["model"], int(config["train_iter"]))  # bad values fail before any work
-        self.device = device if device is not None else resolve_device(config.get("device", "auto"))
-        self.amp_dtype = autocast_dtype(config.get("precision", "auto"), self.device)
+        self.device = device if device is not None else resolve_device(config["device"])
+        self.amp_dtype = autocast_dtype(config["precision"], self.device)
         self.exp_dir = settings.exper_path() / name
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.runs_dir = settings.runs_path() / name
@@ -186,13 +187,13 @@ class Trainer:
         it becomes the config's, so this run's checkpoints record it too."""
         mcfg = self.config["model"]
         source = latest_checkpoint(self.ckpt_dir)
-        if source is None and self.config.get("pretrained"):
+        if source is None and self.config["pretrained"]:
             source = resolve_pretrained(self.config, "pretrained")
         if source is None:
             return mcfg
-        layout = model_config_for(mcfg, read_weights(source, bool(self.config.get("weights_only", True))))
+        layout = model_config_for(mcfg, read_weights(source, bool(self.config["weights_only"])))
         if layout is not mcfg:
-            self._log(f"model: {mcfg.get('name')} {mcfg.get('params') or {}} -> {layout['name']} "
+            self._log(f"model: {mcfg['name']} {mcfg['params']} -> {layout['name']} "
                       f"{layout['params']}, the layout recorded by {source}")
             self.config["model"] = layout
         return layout
@@ -200,14 +201,13 @@ class Trainer:
     def _build(self):
         mcfg = self._layout()
         net = build_model(mcfg)
-        dcfg = self.config.get("distributed") or {}
-        if self.distributed and self.device.type == "cuda" and bool(dcfg.get("sync_batchnorm", True)):
+        if self.distributed and self.device.type == "cuda" and bool(self.config["distributed"]["sync_batchnorm"]):
             # batch statistics over the global batch, as one process would see them
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         # channels-last weights: measurably faster convolutions on CPU (oneDNN) and tensor cores
         self.net = net.to(self.device).to(memory_format=torch.channels_last)
         # frozen parts (model.freeze) keep their weights and batch-norm statistics
-        self.frozen = frozen_modules(self.net, self.config["model"].get("freeze") or [])
+        self.frozen = frozen_modules(self.net, self.config["model"]["freeze"])
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("model.freeze: every part of the network is frozen; nothing to train")
@@ -231,7 +231,7 @@ class Trainer:
 
     def _load_initial_state(self) -> None:
         """Resume from the latest checkpoint, else start from ``pretrained`` (rank 0)."""
-        weights_only = bool(self.config.get("weights_only", True))
+        weights_only = bool(self.config["weights_only"])
         resume = latest_checkpoint(self.ckpt_dir)
         if resume is not None:
             ck = load_checkpoint(resume, weights_only=weights_only)
@@ -250,14 +250,14 @@ class Trainer:
             if self.scaler is not None and "scaler_state_dict" in ck:
                 self.scaler.load_state_dict(ck["scaler_state_dict"])
             self._log(f"resuming from {resume} (iteration {self.n_iter})")
-        elif self.config.get("pretrained"):
+        elif self.config["pretrained"]:
             path = resolve_pretrained(self.config, "pretrained")
-            partial = bool(self.config.get("allow_partial_load", False))
+            partial = bool(self.config["allow_partial_load"])
             obj = load_weights(self.net, path, strict=not partial, weights_only=weights_only,
                                fix="set model.name / model.params to the file's network, or allow_partial_load: "
                                    "true to start the tensors that do not fit from their initial values")
             self._report_partial_load(path, obj)
-            if not self.config.get("reset_iter", True) and isinstance(obj, dict) and "n_iter" in obj:
+            if not self.config["reset_iter"] and isinstance(obj, dict) and "n_iter" in obj:
                 self.n_iter = int(obj["n_iter"])
                 if "optimizer_state_dict" in obj:
                     self.optimizer.load_state_dict(obj["optimizer_state_dict"])
@@ -330,7 +330,7 @@ class Trainer:
     def _loaders(self):
         train_set, val_set = self.task.datasets()
         mcfg = self.config["model"]
-        workers = int(self.config.get("num_workers", 0))
+        workers = int(self.config["num_workers"])
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
                       worker_init_fn=_worker_out_of_the_stop_signals if workers else None,
                       persistent_workers=workers > 0)
@@ -369,7 +369,7 @@ class Trainer:
             if self.scheduler is not None:
                 extra["scheduler_state_dict"] = self.scheduler.state_dict()
             path = save_checkpoint(self.ckpt_dir, self.n_iter, self.net, self.optimizer, loss, self.config,
-                                   keep=int(self.config.get("keep_checkpoints", 0)), extra=extra)
+                                   keep=int(self.config["keep_checkpoints"]), extra=extra)
         self._barrier()
         return path
 
@@ -377,7 +377,7 @@ class Trainer:
         """Validation metrics (rank 0 only, on the unwrapped network; others return {})."""
         if self.val_loader is None or not self.is_main:
             return {}
-        n = int(self.config.get("validation_size", 0))
+        n = int(self.config["validation_size"])
         batches = (b for i, b in enumerate(self.val_loader) if n <= 0 or i < n)
         self.net.eval()
         try:
@@ -536,7 +536,7 @@ class Trainer:
     def _update(self, loss: torch.Tensor) -> None:
         """Backward, gradient clipping (``model.grad_clip``), the optimiser step (through the
         loss scaler under fp16), then one step of the learning-rate schedule."""
-        clip = float(self.config["model"].get("grad_clip", 0.0))
+        clip = float(self.config["model"]["grad_clip"])
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -592,7 +592,7 @@ class Trainer:
             return "signal"
         if self.n_iter >= total:
             return "done"
-        limit = float(self.config.get("time_limit_minutes", 0.0)) * 60
+        limit = float(self.config["time_limit_minutes"]) * 60
         if limit > 0 and self._agree([time.monotonic() - started > limit])[0]:
             self._log(f"time limit of {limit / 60:g} min reached at iteration {self.n_iter}")
             return "time"

@@ -73,11 +73,11 @@ def tf_variable_to_key(name: str) -> str | None:
 
 def _fresh_model(name: str, params: dict, seed: int) -> torch.nn.Module:
     """The layout with PyTorch's default initialisation drawn from ``seed`` (reproducible)."""
-    from models import build_model
+    from models import build_network
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model({"name": name, "params": params})
+        return build_network(name, params)
 
 
 def _fill(src: str, name: str, params: dict, tensors: dict[str, torch.Tensor], seed: int,
