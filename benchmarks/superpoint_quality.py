@@ -1,7 +1,7 @@
 """Does training make a better SuperPoint? The CPU-scale reproduction, scored against its start and SIFT.
 
-    python benchmarks/superpoint_quality.py [--shared ../shared/data] [--train-minutes 60]
-        [--name bench_superpoint] [--weights FILE] [--ship pretrained/superpoint_photos.pth]
+    python benchmarks/superpoint_quality.py [--shared ../shared/data] [--train-minutes 60] [--joint-minutes 75]
+        [--name bench_superpoint] [--stage1-weights FILE] [--weights FILE] [--ship PATH]
 
 One command, on the CPU:
 
@@ -11,11 +11,16 @@ One command, on the CPU:
    and the scikit-image pictures that the embedded HPatches-style set does *not* use. Each photo
    gives a 4:3 centre crop and, when large enough, its four quarter crops, all at 240x320. Held out:
    the HPatches pairs, the embedded set's scikit-image sources, and the ScanNet frames (pose evaluation).
-2. **Training** (``train_joint``, ``configs/superpoint_folder_train_descriptor.yaml``): the descriptor
+2. **Stage 1** (``train_joint``, ``configs/superpoint_folder_train_descriptor.yaml``): the descriptor
    head of ``--magicpoint`` trained with the InfoNCE loss on homographic pairs of those images; the
-   encoder and the detector stay frozen. Resumable: re-running continues the run until its
-   ``train_iter`` (``--train-minutes`` bounds each invocation).
-3. **Scoring** (``export_descriptor`` / ``export_classical`` + ``evaluation.py``'s metrics, our
+   encoder and the detector stay frozen (``--stage1-weights FILE`` skips it).
+3. **Labels**: homography adaptation of the teacher (``--magicpoint``, 50 homographies) on the same
+   images (``export_detector_homoAdapt``, ``configs/magicpoint_folder_export.yaml``).
+4. **Stage 2** (``configs/superpoint_folder_finetune_joint.yaml``): the whole network, from the
+   stage-1 weights, on those labels (detector loss) and the InfoNCE loss, Adam 1e-4
+   (``--joint-minutes 0`` stops after stage 1). Every step is resumable: re-running continues each
+   run until its ``train_iter`` (the minutes bound each invocation).
+5. **Scoring** (``export_descriptor`` / ``export_classical`` + ``evaluation.py``'s metrics, our
    protocol, k = 1000, 240x320) on the 8 real HPatches pairs of ``shared/data/hpatches_real`` and the
    50 embedded HPatches-style pairs, for SIFT, the starting point (the MagicPoint with its untrained
    descriptor head) and the trained model. Homography accuracy is also averaged over 20 random orders
@@ -111,12 +116,36 @@ def build_training_photos(shared: Path, out: Path) -> int:
     return sum(1 for _ in out.glob("*.png"))
 
 
-def train(magicpoint: Path, photos: Path, name: str, minutes: float) -> tuple[int, Path]:
+def export_labels(magicpoint: Path, photos: Path, name: str, num: int = 50) -> str:
+    """Homography-adaptation labels of the training photos by the teacher (``num`` homographies,
+    bf16 autocast where the CPU has it: the faster, inexact opt-in); resumable. Returns the
+    ``data.labels`` value (``<name>/predictions``, its ``val/`` a link to ``train/``)."""
+    from exporters.detector_labels import run
+    from utils.cli import cpu_supports_bf16
+
+    precision = "bf16" if cpu_supports_bf16() else "fp32"
+    cfg = load_config(REPO / "configs/magicpoint_folder_export.yaml",
+                      [f"data.root={photos}", f"pretrained={magicpoint}", f"data.homography_adaptation.num={num}",
+                       f"inference.precision={precision}"])
+    out = settings.exper_path() / name
+    run(cfg, out, argparse.Namespace(outputImg=False, export_segmentation=False))
+    val = out / "predictions" / "val"
+    if not val.exists():
+        val.symlink_to("train", target_is_directory=True)
+    return f"{name}/predictions"
+
+
+def train(magicpoint: Path, photos: Path, name: str, minutes: float, labels: str | None = None) -> tuple[int, Path]:
+    """Stage 1 (``labels`` None): the descriptor head on the frozen ``magicpoint``
+    (configs/superpoint_folder_train_descriptor.yaml). Stage 2: the whole network from the stage-1
+    weights ``magicpoint`` on the homography-adaptation ``labels``
+    (configs/superpoint_folder_finetune_joint.yaml). Resumable; returns (iterations, checkpoint)."""
     from training.superpoint import SuperPointTask
     from training.trainer import Trainer
 
-    cfg = load_config(REPO / "configs/superpoint_folder_train_descriptor.yaml",
-                      [f"data.root={photos}", f"pretrained={magicpoint}", f"time_limit_minutes={minutes}"])
+    config = "superpoint_folder_train_descriptor.yaml" if labels is None else "superpoint_folder_finetune_joint.yaml"
+    overrides = [f"data.root={photos}", f"pretrained={magicpoint}", f"time_limit_minutes={minutes}"]
+    cfg = load_config(REPO / "configs" / config, overrides + ([f"data.labels={labels}"] if labels else []))
     trainer = Trainer(cfg, name, SuperPointTask(cfg), do_eval=True)
     try:
         trainer.train()
@@ -193,7 +222,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--magicpoint", type=Path, default=REPO / "pretrained" / "magicpoint_synth.pth")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--train-minutes", type=float, default=60.0, help="time budget of this invocation's training")
+    p.add_argument("--train-minutes", type=float, default=60.0,
+                   help="time budget of this invocation's stage 1 (descriptor head)")
+    p.add_argument("--joint-minutes", type=float, default=75.0,
+                   help="time budget of this invocation's stage 2 (whole network on homography-adaptation "
+                        "labels); 0 = stop after stage 1")
+    p.add_argument("--stage1-weights", type=Path, default=None,
+                   help="start stage 2 from these stage-1 weights (skip stage 1)")
     p.add_argument("--weights", type=Path, default=None, help="score these weights instead of training")
     p.add_argument("--ship", type=Path, default=None, help="copy the trained weights (state dict) here")
     p.add_argument("--name", default="bench_superpoint")
@@ -207,7 +242,13 @@ def main(argv=None) -> int:
     t_train, iters = 0.0, None
     if args.weights is None:
         t0 = time.perf_counter()
-        iters, trained = train(args.magicpoint, photos, f"{args.name}_train", args.train_minutes)
+        if args.stage1_weights is None:
+            iters, trained = train(args.magicpoint, photos, f"{args.name}_train", args.train_minutes)
+        else:
+            trained = args.stage1_weights
+        if args.joint_minutes > 0:
+            labels = export_labels(args.magicpoint, photos, f"{args.name}_labels")
+            iters, trained = train(trained, photos, f"{args.name}_joint", args.joint_minutes, labels)
         t_train = time.perf_counter() - t0
     else:
         trained = args.weights
@@ -219,8 +260,8 @@ def main(argv=None) -> int:
 
     curve = []
     if args.curve is not None:
-        curve = held_out_curve(settings.exper_path() / f"{args.name}_train", args.shared, args.magicpoint, args.name,
-                               args.curve)
+        run = f"{args.name}_joint" if args.joint_minutes > 0 and args.weights is None else f"{args.name}_train"
+        curve = held_out_curve(settings.exper_path() / run, args.shared, args.magicpoint, args.name, args.curve)
 
     models = [("SIFT (OpenCV)", None), ("start: MagicPoint + untrained descriptor head", args.magicpoint),
               ("trained here", trained)]
