@@ -133,19 +133,22 @@ def label_precision(config: dict, device: torch.device) -> tuple[str, torch.dtyp
     from models.inference import resolve_inference_precision
 
     precision = resolve_inference_precision(config["inference"]["precision"], device)
-    if precision not in LABEL_PRECISIONS:
+    if precision not in LABEL_PRECISIONS:  # (fp16 on a CPU is already refused above)
         raise UserError(f"inference.precision: {precision} is not available for homography adaptation "
                         f"(expected auto, {', '.join(LABEL_PRECISIONS)})")
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("inference.precision: fp16 runs on CUDA only (use fp32 or bf16 on the CPU)")
     return precision, LABEL_PRECISIONS[precision]
 
 
-def record_precision(export_dir: Path, split: str, precision: str) -> None:
+def record_precision(export_dir: Path, split: str, precision: str, resuming: bool = False) -> None:
     """Write (or check, when resuming) ``labels_precision.json``: ``{split: precision}``. Labels of
-    one split are never mixed from two precisions."""
+    one split are never mixed from two precisions. ``resuming``: labels of the split exist already
+    (a folder exported before the record existed cannot be checked: a warning says so)."""
     path = Path(export_dir) / PRECISION_RECORD
     record = json.loads(path.read_text()) if path.is_file() else {}
+    if resuming and split not in record:
+        warnings.warn(f"{path.parent}: the existing {split} labels have no precision record; the new ones are "
+                      f"computed in {precision} (older exports used the training precision, bf16 on some "
+                      f"machines)", stacklevel=2)
     if record.get(split, precision) != precision:
         raise UserError(f"{path}: the {split} labels so far were computed in {record[split]}, this run would "
                         f"use {precision}; set inference.precision: {record[split]} or export to a new folder")
@@ -204,7 +207,7 @@ def export(config: dict, export_dir: Path, output_images: bool = False) -> Expor
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     precision, amp = label_precision(config, device)
     if rank == 0:
-        record_precision(out_dir, split, precision)
+        record_precision(out_dir, split, precision, resuming=any(v is not None for v in done.values()))
     detector = load_detector(config, device)
     # the front end's post-processing, applied to the aggregated heatmap
     frontend = Frontend(detector, **keypoint_settings(config["model"]))

@@ -192,6 +192,11 @@ def test_labels_precision_is_inference_precision_recorded_and_never_mixed(tmp_pa
     bf16_cfg = export_config("image_folder", weights, **{"data.root": str(root), "inference.precision": "bf16"})
     with pytest.raises(UserError, match="computed in fp32, this run would use bf16"):
         exporter.export(bf16_cfg, out)
+    # labels exported before the record existed: resuming says their precision is unknown
+    (out / exporter.PRECISION_RECORD).unlink()
+    with pytest.warns(UserWarning, match="existing train labels have no precision record"):
+        exporter.export(config, out)
+    assert json.loads((out / exporter.PRECISION_RECORD).read_text()) == {"train": "fp32"}
     out2 = exper_path() / "ha_prec_bf16"
     exporter.export(bf16_cfg, out2)
     assert json.loads((out2 / exporter.PRECISION_RECORD).read_text()) == {"train": "bf16"}
