@@ -182,6 +182,17 @@ def compare_report(results: dict, title: str, extra: list[str] | None = None) ->
         cells = " | ".join(f"{res[d]['all']['mAP']:.3f} | {res[d]['all']['precision']:.3f} | "
                            f"{res[d]['all']['recall']:.3f}" for d in distances)
         lines.append(f"| {label} | {res[distances[0]]['all']['num_images']} | {cells} |")
+    first = results[next(iter(results))][distances[0]]["all"]
+    if "offset_shares" in first:  # our protocol: where the kept detections lie
+        lines += ["", "Where the detections above the threshold lie, by distance to the nearest ground-truth point:",
+                  "", "| weights | detections per ground-truth point | on (<= 2 px) | beside (2-6 px) "
+                  "| away (> 6 px) |",
+                  "|---|---:|---:|---:|---:|"]
+        for label, res in results.items():
+            r = res[distances[0]]["all"]
+            sh = r["offset_shares"]
+            lines.append(f"| {label} | {r['detections_per_gt']:.2f} | {sh['on']:.2f} | {sh['beside']:.2f} | "
+                         f"{sh['away']:.2f} |")
     for label, res in results.items():
         lines += ["", f"Per primitive, {label}:", "",
                   "| primitive | images | " + " | ".join(f"mAP {d:g} px" for d in distances) + " |",

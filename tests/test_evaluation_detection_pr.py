@@ -22,3 +22,19 @@ def test_precision_recall_and_map_by_hand():
     assert r["mAP"] == pytest.approx(1 / 3 + 2 / 9)
     perfect = average_precision(np.array([0.5, 0.4]), np.array([True, True]), 2)
     assert perfect == pytest.approx(1.0)
+
+
+def test_offset_profile_separates_a_ring_beside_corners_from_the_background():
+    # two corners; detections: one on each (0.5 px off), two 4 px beside the first corner
+    # (a "ring"), one 20 px away, and one below the threshold that must not count
+    gt = np.array([[10.0, 10.0], [50.0, 30.0]])
+    pts = np.array([[10.5, 10.0], [50.0, 30.5], [14.0, 10.0], [10.0, 6.0], [30.0, 30.0], [70.0, 70.0]])
+    scores = np.array([0.9, 0.8, 0.5, 0.4, 0.3, 0.001])
+    acc = DetectionAccumulator(distance=2.0)
+    acc.add(pts, scores, gt)
+    acc.add(np.array([[5.0, 5.0]]), np.array([0.6]), np.zeros((0, 2)))  # an image without ground truth
+    r = acc.result(threshold=0.015)
+    assert r["num_detections"] == 6 and r["num_ground_truth"] == 2
+    assert r["detections_per_gt"] == 3.0
+    assert r["offset_shares"] == {"on": 2 / 6, "beside": 2 / 6, "away": 2 / 6}
+    assert r["precision"] == 2 / 6

@@ -98,6 +98,7 @@ def test_report_has_both_distances_and_every_model():
     assert "| mAP 2 px | P 2 px | R 2 px | mAP 4 px | P 4 px | R 4 px |" in text
     assert "| a.pth | 1 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
     assert "Per primitive, b.pth:" in text
+    assert "| a.pth | 1.00 | 1.00 | 0.00 | 0.00 |" in text  # one detection, on its ground-truth point
 
 
 def test_test_split_config_keeps_the_test_images():
