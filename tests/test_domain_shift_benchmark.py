@@ -1,21 +1,13 @@
 """benchmarks/magicpoint_domain_shift.py: the batch-norm fit measure on hand-made statistics."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fixtures.benchmark_scripts import load_benchmark
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("magicpoint_domain_shift",
-                                                  ROOT / "benchmarks" / "magicpoint_domain_shift.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("magicpoint_domain_shift")
 
 
 def test_bn_fit_is_the_median_standardised_mean_error_per_layer():

@@ -1,25 +1,19 @@
 """benchmarks/magicpoint_synthetic.py: mAP / precision / recall at 2 px and 4 px on hand-made cases."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.fixtures.benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench():
-    if str(ROOT / "benchmarks") not in sys.path:  # the script imports its sibling machine_info
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("magicpoint_synthetic",
-                                                  ROOT / "benchmarks" / "magicpoint_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("magicpoint_synthetic")
 
 
 class _PlacedDetections(torch.nn.Module):
