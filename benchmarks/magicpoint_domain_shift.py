@@ -24,8 +24,8 @@ on MS-COCO"), rather than a difference of our test images? This reproduces that 
 ``--bn-fit WEIGHTS ...`` instead asks the weights which images their batch-norm statistics were
 gathered on: for every batch-norm layer, the median over channels of
 ``|batch mean - running mean| / running std`` of the layer's input, on 90 Synthetic Shapes test images
-and on the 18 real HPatches images (held out everywhere). A layer fits the images it was trained
-on best; a model trained on photographs fits the photographs (about a minute on the CPU).
+(clean, and with the training augmentation) and on every image of ``shared/data/hpatches_real`` (held
+out everywhere). A layer fits the images it was last trained on best (about a minute on the CPU).
 """
 from __future__ import annotations
 
