@@ -21,6 +21,9 @@ from tests.fixtures.recorder import Recorder
 from training.checkpoints import list_checkpoints, load_checkpoint
 from training.trainer import Trainer
 from utils.config import load_config
+from utils.numerics import LOSS_REORDERED, adam_steps
+
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "fixtures" / "ddp_train.py"
@@ -71,7 +74,7 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path, monkeypatch
     # the global loss of a step is the mean of the ranks' losses (per-image normalised losses)
     ddp_losses = [(a + b) / 2 for a, b in zip(first[0]["losses"] + second[0]["losses"][:2],
                                               first[1]["losses"] + second[1]["losses"][:2])]
-    assert ddp_losses == pytest.approx(single.losses, rel=1e-4)
+    assert LOSS_REORDERED.check(ddp_losses, single.losses).ok
     assert first[0]["losses"] != first[1]["losses"]  # the ranks did see different samples
 
     exp = settings.exper_path()
@@ -83,8 +86,15 @@ def test_two_ranks_match_one_process_with_the_double_batch(tmp_path, monkeypatch
     init = build_model(cfg["model"]).state_dict()
     moved = max(float((w_one[k] - init[k]).abs().max()) for k in init)
     assert moved > 1e-3  # training moved the weights (lr 1e-3, Adam) ...
-    for k in w_one:  # ... and both set-ups moved them the same way
-        assert torch.allclose(w_ddp[k], w_one[k], atol=1e-4), k
+    # ... and both set-ups moved them the same way: no weight further apart than Adam's steps allow,
+    # and on average the two differ by under 1 % of how far training moved the weights
+    bound = adam_steps(cfg["model"]["learning_rate"], 4)
+    floats = [k for k in w_one if w_one[k].is_floating_point()]
+    for k in floats:
+        assert bound.check(w_ddp[k], w_one[k]).ok, k
+    apart = torch.cat([(w_ddp[k] - w_one[k]).abs().flatten() for k in floats]).mean()
+    movement = torch.cat([(w_one[k] - init[k]).abs().flatten() for k in floats]).mean()
+    assert apart < 0.01 * movement
 
     # NaN on rank 1: both ranks stop at iteration 4, naming it and the last good checkpoint
     assert "nan on rank 1" in second[1]["error"] and "iteration 4" in second[1]["error"]

@@ -20,6 +20,8 @@ from settings import exper_path
 from utils.cli import UserError
 from utils.config import ConfigError, load_config, load_defaults, merge_strict
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 KP = dict(detection_threshold=0.015, nms_radius=4, border=4)
 DEMO = "configs/magicpoint_repeatability_embedded.yaml"  # the shipped demo SuperPoint (trained weights)
 
@@ -88,6 +90,19 @@ def test_int8_export_has_quantized_convolutions_and_records_its_calibration(shar
     session = onnxruntime.InferenceSession(str(out / "superpoint_int8.onnx"), providers=["CPUExecutionProvider"])
     semi, desc = session.run(None, {"image": np.zeros((1, 1, 48, 64), np.float32)})
     assert semi.shape == (1, 65, 6, 8) and desc.shape == (1, 256, 6, 8)
+
+
+def test_an_int8_file_that_loses_the_descriptors_is_refused(shared_data, tmp_path, monkeypatch):
+    import exporters.model_export as model_export
+
+    folder = _calibration_folder(shared_data, tmp_path, count=1)
+    config = load_config(DEMO, ["inference.int8.size=[64, 80]", f"inference.int8.cache_dir={tmp_path / 'cache'}"])
+    monkeypatch.setattr(model_export, "INT8_MIN_DESC_COSINE", 1.0 + 1e-9)  # no real file reaches this
+    out = exper_path() / "int8"
+    with pytest.raises(UserError) as e:
+        run(config, out, argparse.Namespace(format="onnx", precision="int8", calibration=str(folder)))
+    assert "superpoint_int8.onnx: refused: int8 descriptors differ" in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
 def test_calibration_is_computed_once_per_weights_images_size_and_method(shared_data, tmp_path, monkeypatch):
