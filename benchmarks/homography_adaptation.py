@@ -10,8 +10,8 @@ Both run on the same images, the same sampled homographies and the same network
 * ``fp32``          ``models.homography_adaptation`` with ``--batch-size`` views per forward;
 * ``prepared``      the same on ``prepare_detector``'s copy (descriptor head cut, batch norm
                     folded, channels-last);
-* ``bf16``          ``prepared`` under bf16 autocast (what the export does with ``precision: auto``
-                    on a CPU with native bf16 or a GPU).
+* ``bf16``          ``prepared`` under bf16 autocast (the export's opt-in ``inference.precision: bf16``;
+                    its speed-up needs native bf16 or a GPU; ``auto`` is fp32).
 
 For each variant: images per second, speed-up over the first variant (the loop), the largest
 heatmap difference from it, and how many of its keypoints (COCO export settings) are found
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ from utils.config import load_config  # noqa: E402
 from utils.geometry import warp_image, warped_valid_mask  # noqa: E402
 from utils.io import read_image_gray  # noqa: E402
 from utils.keypoints import semi_to_heatmap  # noqa: E402
+
+from machine_info import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
                                                   torch.Generator().manual_seed(i)) for i in range(args.images)])
 
     print(f"# homography adaptation benchmark {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; "
           f"{args.images} images {size[0]}x{size[1]}, {args.num} homographies, "
           f"{'weights ' + args.weights if args.weights else 'random-init SuperPointNet_gauss2'}")

@@ -1,6 +1,6 @@
 """Inference speed of the SuperPoint front end: images -> keypoints, scores, descriptors.
 
-    python benchmarks/inference.py                      # prints the markdown table (5-8 min)
+    python benchmarks/inference.py                      # prints the markdown table (5-8 min, AVX-512 + VNNI + BF16)
     python benchmarks/inference.py --frames 4 --rounds 2 --sizes 240x320
 
 Every path turns the same real photographs (gray, centre-cropped to 4:3, resized) into
@@ -41,8 +41,8 @@ together, then the worst frame's share (the smaller of its two directions).
 
 OpenMP: by default the benchmark sets ``OMP_WAIT_POLICY=PASSIVE`` before loading torch. With
 spinning threads (``--omp-wait-policy active``, libgomp's usual behaviour) every parallel region
-waits for a thread that another job has taken the core from; on the shared 2-core machine that
-made the torch paths 2-3x slower. ONNX Runtime's spinning is turned off likewise.
+waits for a thread that another job has taken the core from; on the shared 2-core machine
+(AVX-512 + VNNI + BF16) that made the torch paths 2-3x slower. ONNX Runtime's spinning is turned off likewise.
 
 Weights: seeded stand-in weights (``models.stand_in``) unless ``--weights`` is given; they give
 realistic keypoint counts, but agreement on a trained model should be re-checked with
@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -95,6 +94,8 @@ from utils.cli import cpu_supports_bf16  # noqa: E402
 from utils.config import load_defaults  # noqa: E402
 from utils.io import atomic_write_text, read_image_gray  # noqa: E402
 from utils.keypoints import pixels_to_descriptor_grid  # noqa: E402
+
+from machine_info import cpu_name  # noqa: E402
 
 THRESHOLD, NMS_RADIUS, BORDER = 0.015, 4, 4
 PHOTO_DIRS = ("freiburg", "phototourism", "scannet")
@@ -693,8 +694,7 @@ def main(argv=None) -> int:
     flop_lines = ", ".join(f"{h}x{w}: {sum(flops_by_size[(h, w)].values()) / 1e9:.1f} GFLOP "
                            f"(flop_counter: {counted_flops(model, (h, w)) / 1e9:.1f})" for h, w in args.sizes)
     out = [f"#### Inference, CPU ({args.threads} threads), {datetime.date.today().isoformat()}", "",
-           f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-           f"bf16 instructions: {'yes' if cpu_supports_bf16() else 'no'}; torch {torch.__version__}; "
+           f"- Machine: {cpu_name()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
            f"OMP_WAIT_POLICY {OMP_POLICY}; "
            f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at the end.",
            f"- Matrix-multiply peak (best of 2048^2 and 4096^2 products at the start and one 2048^2 product per "

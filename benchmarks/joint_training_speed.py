@@ -25,6 +25,8 @@ from utils.cli import autocast_dtype  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.geometry import sample_homography  # noqa: E402
 
+from machine_info import cpu_name  # noqa: E402
+
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "superpoint_coco_train_heatmap.yaml"
 
 
@@ -89,7 +91,8 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, images {args.size[0]}x{args.size[1]}, "
+    print(f"{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"images {args.size[0]}x{args.size[1]}, "
           f"batch {args.batch} pairs\n")
     print("| descriptor loss | precision | s / step |\n|---|---|---:|")
     for kind in args.losses:

@@ -128,7 +128,8 @@ PRECISION_RECORD = "labels_precision.json"  # beside predictions/: what the labe
 
 def label_precision(config: dict, device: torch.device) -> tuple[str, torch.dtype | None]:
     """The precision labels are computed in: ``inference.precision`` (auto = fp32, so that a config
-    gives the same labels on every machine; bf16 / fp16 autocast are opt-in, faster and inexact).
+    gives the same labels on every machine; bf16 / fp16 autocast are opt-in, faster (on a CPU only with
+    native bf16) and inexact).
     The top-level ``precision`` is training's and is not read here."""
     from models.inference import resolve_inference_precision
 

@@ -9,13 +9,15 @@ semantics: batch norm uses its running statistics) and returns the same ``semi``
 * activations are channels-last (NHWC), which oneDNN and cuDNN run fastest; the 1x1 head
   layers are matrix products on the NHWC maps, the two 3x3 head layers one 512-channel conv;
 * the first convolution has a single input channel, which oneDNN handles poorly (about 5 % of
-  the machine's speed): it is a matrix product over the 9 pixels of each 3x3 patch instead;
+  the machine's speed, on the AVX-512 + VNNI + BF16 CPU measured): it is a matrix product over
+  the 9 pixels of each 3x3 patch instead;
 * 2x2 max-pooling comes before the ReLU (they commute), on strided NHWC views, so the ReLU
   touches a quarter of the data and the slow CPU max-pool kernel is avoided;
 * on the CPU the full-resolution block (conv1a, conv1b, pool) is computed in horizontal strips
   of ``strip_rows`` rows with a 2-row halo. The strip buffers stay in cache and, unlike
   whole-image buffers (78 MB at 480x640 in fp32), are reused by the C allocator instead of
-  being mapped fresh from the kernel on every call: on the machine this was measured on, those
+  being mapped fresh from the kernel on every call: on the machine this was measured on (AMD EPYC,
+  2 vCPUs, AVX-512 + VNNI + BF16), those
   page faults made the fp32 forward at 480x640 about 20 % slower (615 vs 499 ms single-thread
   CPU time; docs/DEPLOYMENT.md).
 

@@ -57,3 +57,15 @@ def embedded(embedded_master):
     target = settings.data_path() / "hpatches_embedded"
     shutil.copytree(embedded_master, target)
     return target
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "numerics: compares computations across kernels, engines, precisions or processes; "
+                   "tests/lower_kernels.py runs these again under the CPU's lower kernel sets")
+
+
+def pytest_report_header(config):
+    from utils.cpu import cpu_name, features_text, torch_kernel_set
+
+    return f"CPU: {cpu_name()} ({features_text()}); PyTorch kernels: {torch_kernel_set()}"

@@ -18,6 +18,8 @@ from evaluations.protocols import load_settings
 from utils.geometry import warp_points
 from utils.matching import mutual_nearest_neighbours
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 
 def test_l2_and_hamming_distances_by_hand():
     d = descriptor_distances(np.array([[3.0, 4.0]]), np.array([[0.0, 0.0], [3.0, 0.0]]))

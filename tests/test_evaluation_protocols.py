@@ -9,6 +9,8 @@ from evaluations.pair_metrics import evaluate_pair
 from evaluations.protocols import load_settings
 from utils.config import ConfigError
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 OURS = load_settings()
 REF = load_settings(protocol="reference")
 

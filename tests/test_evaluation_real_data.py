@@ -3,9 +3,12 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from evaluation import main
 from utils.io import atomic_save_npz, read_image_gray
+
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
 
 
 def sift_predictions(im1, im2, H, name):

@@ -15,6 +15,8 @@ from models.frontend import Frontend
 from models.stand_in import seeded_stand_in
 from utils.geometry import warp_points
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 KEYS = {"image", "warped_image", "homography", "prob", "warped_prob", "desc", "warped_desc", "name", "pair_index"}
 
 

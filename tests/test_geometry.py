@@ -16,6 +16,8 @@ from utils.geometry import (
     warped_valid_mask,
 )
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 
 def test_warp_points_known_homography():
     H = torch.tensor([[2.0, 0, 3], [0, 1, -1], [0, 0, 1]])

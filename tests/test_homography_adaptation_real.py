@@ -11,6 +11,8 @@ from exporters import detector_labels
 from tests.conftest import REPO
 from utils.config import load_config
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 WEIGHTS = REPO / "pretrained" / "magicpoint_synth.pth"
 TOP_K = 300
 

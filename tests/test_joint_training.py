@@ -20,6 +20,8 @@ from training.trainer import Trainer
 from utils.config import ConfigError, load_config
 from utils.keypoints import Keypoints
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 CPU = torch.device("cpu")
 
 

@@ -16,6 +16,8 @@ from utils.keypoints import (
     soft_argmax_refine,
 )
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 
 def greedy_nms_reference(heat: np.ndarray, radius: int, threshold: float) -> np.ndarray:
     """Plain-loop greedy NMS: visit by decreasing score (ties: lower row-major index first)."""

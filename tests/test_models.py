@@ -5,6 +5,8 @@ from models import build_network, load_weights
 from models.superpoint import SuperPointNet
 from models.superpoint_bn import SuperPointNet_gauss2
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 # MagicLeap superpoint_v1.pth: key -> shape (a fact of that file's format)
 MAGICLEAP_SHAPES = {
     "conv1a": (64, 1), "conv1b": (64, 64), "conv2a": (64, 64), "conv2b": (64, 64),

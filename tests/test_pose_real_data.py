@@ -18,6 +18,8 @@ from utils.cli import UserError
 from utils.config import load_config
 from utils.geometry import resize_matrix
 
+pytestmark = pytest.mark.numerics  # run again under lower CPU kernel sets (tests/lower_kernels.py)
+
 CONFIG = REPO / "configs" / "pose_scannet_sample.yaml"
 
 

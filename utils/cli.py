@@ -67,12 +67,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", "r") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from utils.cpu import supports_bf16
+
+    return supports_bf16()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -16,7 +16,7 @@ import torch
 def _first_minima(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the first minimum along the last and along the middle axis of ``B x N x M``."""
     if dist.device.type == "cpu" and dist.dtype in (torch.float32, torch.float64):
-        # numpy's argmin is several times faster than torch's on the CPU (evaluation speed)
+        # numpy's argmin is several times faster than torch's on the CPU (evaluation speed; AVX-512 + VNNI + BF16 CPU)
         d = dist.detach().numpy()
         return torch.from_numpy(d.argmin(axis=2)), torch.from_numpy(d.argmin(axis=1))
     return dist.argmin(dim=2), dist.argmin(dim=1)
